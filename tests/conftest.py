@@ -1,0 +1,40 @@
+"""Shared pytest set-up: four host CPU devices, a PRNG key and dtype fixtures.
+
+The XLA flag must be set before jax is imported anywhere, so this module sets
+it at import time (pytest imports conftest before the test modules).
+"""
+
+import os
+
+_FLAG = "--xla_force_host_platform_device_count=4"
+if _FLAG not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip()
+# Tests run on the CPU unless the caller asks otherwise (JAX_PLATFORMS=cuda).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def key():
+    """A fresh, fixed PRNG key."""
+    return jax.random.key(0)
+
+
+@pytest.fixture
+def x64():
+    """Enables float64 for the duration of one test."""
+    with jax.enable_x64(True):
+        yield
+
+
+@pytest.fixture(params=["float32", "float64"])
+def dtype(request):
+    """Runs a test in float32 and in float64 (x64 enabled for the latter)."""
+    if request.param == "float64":
+        with jax.enable_x64(True):
+            yield np.float64
+    else:
+        yield np.float32
