@@ -79,6 +79,10 @@ def as_float(
     Raises:
       TypeError: ``x`` is bool, complex or not numeric.
       ValueError: ``x`` has a rank not in ``ndim``.
+
+    Example:
+      >>> as_float([[1, 2], [3, 4]], "x", ndim=2).dtype
+      dtype('float32')
     """
     try:
         arr = jnp.asarray(x)

@@ -38,3 +38,15 @@ def dtype(request):
             yield np.float64
     else:
         yield np.float32
+
+
+@pytest.fixture(scope="session")
+def mesh():
+    """A 1D mesh over the 4 host devices, axis ``"data"``, for ``jax.shard_map``.
+
+    ``AxisType.Auto`` lets ``shard_map`` reshard unsharded inputs itself (the
+    default explicit axes in jax>=0.9 require inputs already laid out).
+    """
+    from jax.sharding import AxisType
+
+    return jax.make_mesh((4,), ("data",), axis_types=(AxisType.Auto,))

@@ -69,3 +69,15 @@ def test_check_finite():
 
 def test_four_host_devices():
     assert jax.device_count() >= 4
+
+
+def test_mesh_fixture_shard_map_psum(mesh):
+    from jax.sharding import PartitionSpec as P
+
+    total = jax.shard_map(
+        lambda x: jax.lax.psum(x.sum(), "data"),
+        mesh=mesh,
+        in_specs=P("data"),
+        out_specs=P(),
+    )(jnp.arange(8.0))
+    assert float(total) == 28.0
