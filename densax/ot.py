@@ -23,6 +23,7 @@ References:
 import functools
 import math
 import numbers
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import jax
@@ -42,6 +43,8 @@ __all__ = [
 # Below this many elements per call, XLA's own sort beats the ~0.1 ms round trip
 # of a host callback (measured on a 2-core CPU; see benchmarks/bench_ot.py).
 _HOST_MIN_SIZE = 2048
+# Above this many elements, the two host sorts run on two threads.
+_THREAD_MIN_SIZE = 1 << 16
 
 
 class Coupling1D(NamedTuple):
@@ -58,80 +61,254 @@ class Coupling1D(NamedTuple):
 
 
 # ---------------------------------------------------------------------------
-# Sorting and merging: NumPy on the host for large CPU inputs, XLA elsewhere.
+# Exact 1D transport, written once for NumPy and jax.numpy (``xp``): NumPy runs
+# it on the host for a large CPU input (XLA's CPU sort is several times slower
+# than NumPy's), jax.numpy everywhere else. It returns the value and, when
+# asked, the gradient in closed form; ``_w_pow`` turns that into a JVP.
 
 
-def _np_argsort(x: Any) -> np.ndarray:
-    return np.argsort(np.asarray(x), axis=-1).astype(np.int32)
+def _pair(xp, fn, x, y):
+    """``(fn(x), fn(y))``; on two threads for large NumPy arrays.
+
+    NumPy's sorts release the GIL, so the two sorts run in parallel.
+    """
+    if xp is jnp or x.size + y.size < _THREAD_MIN_SIZE:
+        return fn(x), fn(y)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        fy = pool.submit(fn, y)
+        return fn(x), fy.result()
 
 
-def _np_merge_ranks(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
-    # A stable argsort of two concatenated sorted rows is a linear-time merge
-    # (timsort finds the two runs); ties put ``a`` first. The k-th element of
-    # ``a`` sits at merged position k + #(b < a_k).
-    a, b = np.asarray(a), np.asarray(b)
+def _argsort(xp, x):
+    if xp is jnp:
+        return jnp.argsort(x, axis=-1, stable=False).astype(jnp.int32)
+    return np.argsort(x, axis=-1)
+
+
+def _take(xp, x, idx):
+    """``x[..., idx]`` row by row."""
+    if xp is np and x.ndim == 1:
+        return x[idx]  # much faster than take_along_axis's broadcast indexing
+    return xp.take_along_axis(x, idx, axis=-1)
+
+
+def _unsort(xp, values, perm):
+    """``out[..., perm[k]] = values[..., k]``: the inverse of ``_take``."""
+    if xp is jnp:
+        return _segment_sum(jnp, values, perm, perm.shape[-1])
+    out = np.empty_like(values)
+    np.put_along_axis(out, perm, values, axis=-1)
+    return out
+
+
+def _prepend_zero(xp, c):
+    return xp.concatenate([xp.zeros_like(c[..., :1]), c], axis=-1)
+
+
+def _segment_sum(xp, values, idx, size):
+    """``out[..., k] = Σ values[..., i]`` over ``idx[..., i] = k``, row by row."""
+    batch = values.shape[:-1]
+    rows = math.prod(batch)
+    offsets = size * xp.arange(rows, dtype=idx.dtype).reshape(*batch, 1)
+    flat = (idx + offsets).reshape(-1)
+    if xp is jnp:
+        out = jnp.zeros(rows * size, values.dtype).at[flat].add(values.reshape(-1))
+    else:
+        out = np.bincount(flat, values.reshape(-1), minlength=rows * size)
+    return out.reshape(*batch, size).astype(values.dtype)
+
+
+def _cdf(xp, w, perm, dtype):
+    """CDF of the weights sorted by ``perm``, normalised, and their total.
+
+    Non-decreasing, exactly one at the end, NaN if a weight is negative or the
+    total is not positive. NumPy's sequential cumsum (in float64) is monotone;
+    XLA's parallel one is not to the last bit, and a running maximum (exact,
+    as max does not round) repairs it.
+    """
+    n = perm.shape[-1]
+    if w is None:
+        c = xp.broadcast_to(xp.arange(1, n + 1, dtype=dtype), perm.shape)
+        ok = True
+    else:
+        ws = _take(xp, w, perm)
+        if xp is jnp:
+            c = lax.cummax(jnp.cumsum(ws, axis=-1), axis=perm.ndim - 1)
+        else:
+            c = np.cumsum(ws, axis=-1, dtype=np.float64)
+        ok = (c[..., -1:] > 0) & xp.all(ws >= 0, axis=-1, keepdims=True)
+    total = xp.where(ok, c[..., -1:], xp.nan)
+    # The last entry is set, not divided: XLA may multiply by a reciprocal.
+    last = xp.where(ok, xp.ones_like(total), xp.nan)
+    cdf = xp.concatenate([c[..., :-1] / total, last], axis=-1)
+    return cdf.astype(dtype), total.astype(dtype)
+
+
+def _merge_ranks(xp, a, b):
+    """For rows sorted along the last axis: ``#(b < a_i)`` and ``#(a <= b_j)``."""
     n, m = a.shape[-1], b.shape[-1]
+    if xp is jnp:
+        method = "scan" if a.size + b.size < _HOST_MIN_SIZE else "sort"
+        ss = functools.partial(jnp.searchsorted, method=method)
+        ranks = lambda a, b: (ss(b, a, side="left"), ss(a, b, side="right"))
+        j, i = jnp.vectorize(ranks, signature="(n),(m)->(n),(m)")(a, b)
+        return j.astype(jnp.int32), i.astype(jnp.int32)
+    # A stable argsort of two concatenated sorted rows is a linear-time merge
+    # (timsort finds the two runs); ties put ``a`` first, and the i-th element
+    # of ``a`` lands at merged position i + #(b < a_i).
     order = np.argsort(np.concatenate([a, b], axis=-1), axis=-1, kind="stable")
     from_a = order < n
     pos_a = np.nonzero(from_a)[-1].reshape(a.shape)
     pos_b = np.nonzero(~from_a)[-1].reshape(b.shape)
-    return (
-        (pos_a - np.arange(n)).astype(np.int32),
-        (pos_b - np.arange(m)).astype(np.int32),
-    )
+    return pos_a - np.arange(n), pos_b - np.arange(m)
 
 
-def _xla_argsort(x: jax.Array) -> jax.Array:
-    return jnp.argsort(x, axis=-1, stable=False).astype(jnp.int32)
+def _cost(xp, d, p):
+    """``|d|^p``."""
+    return xp.abs(d) if p == 1 else xp.abs(d) ** p
 
 
-def _xla_merge_ranks(a: jax.Array, b: jax.Array, method: str) -> tuple[jax.Array, ...]:
-    def ranks(a, b):
-        return (
-            jnp.searchsorted(b, a, side="left", method=method).astype(jnp.int32),
-            jnp.searchsorted(a, b, side="right", method=method).astype(jnp.int32),
-        )
+def _dcost(xp, d, p):
+    """The derivative of ``|d|^p``, zero at ``d = 0``."""
+    if p == 1:
+        return xp.sign(d)
+    if p == 2:
+        return 2 * d
+    return p * xp.abs(d) ** (p - 1) * xp.sign(d)
 
-    return jnp.vectorize(ranks, signature="(n),(m)->(n),(m)")(a, b)
+
+def _cdf_vjp(xp, g, cdf, total):
+    """Pulls ``g = dW/dcdf`` back to the sorted weights (cdf = cumsum / total)."""
+    rev_cumsum = xp.flip(xp.cumsum(xp.flip(g, axis=-1), axis=-1), axis=-1)
+    return (rev_cumsum - xp.sum(g * cdf, axis=-1, keepdims=True)) / total
 
 
-def _host_or_xla(host_fn, xla_fn, out_like, *args):
-    """``xla_fn(*args)``, or ``host_fn`` via a callback for a large CPU input.
+def _transport(xp, u, v, u_weights, v_weights, *, p, want):
+    """``W_p^p`` between the rows of ``u`` and ``v`` (same batch shape).
 
-    Both compute integer outputs that are piecewise constant in ``args``, so the
-    arguments are cut from the gradient (callbacks have no differentiation
-    rule, and none is needed).
+    ``want`` is ``"value"``, ``"grad"`` (also the gradients with respect to
+    ``u``, ``v`` and the weights given) or ``"coupling"`` (also the coupling's
+    indices and masses).
+    """
+    n, m = u.shape[-1], v.shape[-1]
+    uniform = u_weights is None and v_weights is None
+    if uniform and n == m and want == "value":
+        # Equal uniform weights: the quantile functions share their steps.
+        su, sv = _pair(xp, functools.partial(xp.sort, axis=-1), u, v)
+        return xp.mean(_cost(xp, su - sv, p), axis=-1)
+    pu, pv = _pair(xp, functools.partial(_argsort, xp), u, v)
+    su, sv = _take(xp, u, pu), _take(xp, v, pv)
+    if uniform and n == m:
+        d = su - sv
+        g = _dcost(xp, d, p) / n
+        grads = (_unsort(xp, g, pu), _unsort(xp, -g, pv))
+        return xp.mean(_cost(xp, d, p), axis=-1), grads
+
+    # The breakpoints of the two CDFs split (0, 1] into intervals on which both
+    # quantile functions are constant. The interval ending at cu[i] pairs su[i]
+    # with sv[j], j = #(cv < cu[i]), and starts at the previous breakpoint
+    # max(cu[i-1], cv[j-1]); symmetrically for cv[j] with i = #(cu <= cv[j]).
+    # The last one, ending at cv[m-1] = 1 = cu[n-1], is empty.
+    cu, total_u = _cdf(xp, u_weights, pu, u.dtype)
+    cv, total_v = _cdf(xp, v_weights, pv, v.dtype)
+    j, i = _merge_ranks(xp, cu, cv)
+    cu0, cv0 = _prepend_zero(xp, cu), _prepend_zero(xp, cv)
+    cv0_j, cu0_i = _take(xp, cv0, j), _take(xp, cu0, i)
+    # Under XLA the CDFs may be recomputed in several fusions (with FMA
+    # contraction), their last bits differing from those the ranks saw: clip.
+    mass_u = xp.maximum(cu - xp.maximum(cu0[..., :n], cv0_j), 0)
+    mass_v = xp.maximum(cv - xp.maximum(cv0[..., :m], cu0_i), 0)
+    jc, ic = xp.minimum(j, m - 1), xp.minimum(i, n - 1)  # the atoms paired
+    d_u, d_v = su - _take(xp, sv, jc), _take(xp, su, ic) - sv
+    cost_u, cost_v = _cost(xp, d_u, p), _cost(xp, d_v, p)
+    w_pow = xp.sum(mass_u * cost_u, axis=-1) + xp.sum(mass_v * cost_v, axis=-1)
+    if want == "value":
+        return w_pow
+    if want == "coupling":
+        u_index = xp.concatenate([pu, _take(xp, pu, ic)[..., :-1]], axis=-1)
+        v_index = xp.concatenate([_take(xp, pv, jc), pv[..., :-1]], axis=-1)
+        mass = xp.concatenate([mass_u, mass_v[..., :-1]], axis=-1)
+        return w_pow, (u_index.astype(np.int32), v_index.astype(np.int32), mass)
+
+    # Positions: each interval's mass times the cost's slope, summed per atom.
+    g_u, g_v = mass_u * _dcost(xp, d_u, p), mass_v * _dcost(xp, d_v, p)
+    grads = [
+        _unsort(xp, g_u + _segment_sum(xp, g_v, ic, n), pu),
+        _unsort(xp, -g_v - _segment_sum(xp, g_u, jc, m), pv),
+    ]
+    # CDFs: an interval's mass is its end minus the larger of the two previous
+    # breakpoints (ties go to the first), so each breakpoint gains the cost of
+    # the interval it ends and loses that of the interval it starts.
+    u_first = cu0[..., :n] >= cv0_j
+    v_first = cv0[..., :m] >= cu0_i
+    zero = xp.zeros_like(cost_u[..., :1])
+    starts_u = xp.where(u_first, cost_u, 0)
+    starts_v = xp.where(v_first, cost_v, 0)
+    g_cu = cost_u - xp.concatenate([starts_u[..., 1:], zero], axis=-1)
+    g_cu -= _segment_sum(xp, xp.where(v_first, 0, cost_v), i, n + 1)[..., 1:]
+    g_cv = cost_v - xp.concatenate([starts_v[..., 1:], zero], axis=-1)
+    g_cv -= _segment_sum(xp, xp.where(u_first, 0, cost_u), j, m + 1)[..., 1:]
+    if u_weights is not None:
+        grads.append(_unsort(xp, _cdf_vjp(xp, g_cu, cu, total_u), pu))
+    if v_weights is not None:
+        grads.append(_unsort(xp, _cdf_vjp(xp, g_cv, cv, total_v), pv))
+    return w_pow, tuple(grads)
+
+
+def _on_host(fn):
+    """``fn`` with NumPy inputs (``None`` kept), for ``jax.pure_callback``."""
+
+    def host_fn(*args):
+        return fn(*(None if a is None else np.asarray(a) for a in args))
+
+    return host_fn
+
+
+def _host_or_xla(want, p, out_shapes, *args):
+    """``_transport`` on the host (NumPy) for a large CPU input, else with XLA.
+
+    The callback sees values only: derivatives come from ``_w_pow``'s rule.
     """
     args = lax.stop_gradient(args)
-    if sum(a.size for a in args) < _HOST_MIN_SIZE:
+    xla_fn = functools.partial(_transport, jnp, p=p, want=want)
+    if sum(a.size for a in jax.tree.leaves(args)) < _HOST_MIN_SIZE:
         return xla_fn(*args)
-    shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, jnp.int32), out_like)
+    host_fn = _on_host(functools.partial(_transport, np, p=p, want=want))
 
     def on_host(*args):
-        return jax.pure_callback(host_fn, shapes, *args, vmap_method="broadcast_all")
+        return jax.pure_callback(
+            host_fn, out_shapes, *args, vmap_method="broadcast_all"
+        )
 
     return lax.platform_dependent(*args, cpu=on_host, default=xla_fn)
 
 
-def _argsort(x: jax.Array) -> jax.Array:
-    """int32 permutation sorting ``x`` along its last axis (NaN last)."""
-    return _host_or_xla(_np_argsort, _xla_argsort, x, x)
+def _like(x, dtype=None, shape=None):
+    return jax.ShapeDtypeStruct(
+        x.shape if shape is None else shape, x.dtype if dtype is None else dtype
+    )
 
 
-def _merge_ranks(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """For rows sorted along the last axis: ``#(b < a_i)`` and ``#(a <= b_j)``."""
-    small = a.size + b.size < _HOST_MIN_SIZE
-    xla = functools.partial(_xla_merge_ranks, method="scan" if small else "sort")
-    return _host_or_xla(_np_merge_ranks, xla, (a, b), a, b)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
+def _w_pow(u, v, u_weights, v_weights, p):
+    """``W_p^p`` over the last axis of ``u`` and ``v`` (same batch shape)."""
+    out = _like(u, shape=u.shape[:-1])
+    return _host_or_xla("value", p, out, u, v, u_weights, v_weights)
 
 
-# ---------------------------------------------------------------------------
-# Exact 1D transport.
-
-
-def _cost(d: jax.Array, p: int | float) -> jax.Array:
-    """``|d|^p``, with the cheap exact forms for p = 1 and integer p."""
-    return jnp.abs(d) if p == 1 else jnp.abs(d) ** p
+@_w_pow.defjvp
+def _w_pow_jvp(p, primals, tangents):
+    primals_given = [x for x in primals if x is not None]
+    tangents_given = [t for t in tangents if t is not None]
+    out = (
+        _like(primals[0], shape=primals[0].shape[:-1]),
+        tuple(map(_like, primals_given)),
+    )
+    w_pow, grads = _host_or_xla("grad", p, out, *primals)
+    tangent = sum(
+        jnp.sum(g * t, axis=-1) for g, t in zip(grads, tangents_given, strict=True)
+    )
+    return w_pow, tangent
 
 
 def _root(s: jax.Array, p: int | float) -> jax.Array:
@@ -142,86 +319,27 @@ def _root(s: jax.Array, p: int | float) -> jax.Array:
     return jnp.where(positive, jnp.where(positive, s, 1) ** (1 / p), 0)
 
 
-def _sorted_cdf(x: jax.Array, w: jax.Array | None, shape: tuple[int, ...]):
-    """Sorts ``x`` and returns ``(perm, sorted x, normalised CDF)`` of ``shape``.
-
-    The CDF is non-decreasing and ends at exactly one: XLA's parallel cumsum
-    is not monotone to the last bit, so a running maximum (exact, as max does
-    not round) repairs it, with the cumsum's gradient. Negative weights or a
-    non-positive total give a NaN CDF, hence a NaN distance.
-    """
-    n = x.shape[-1]
-    perm = _argsort(x)
-    xs = jnp.take_along_axis(x, perm, axis=-1)
-    if w is None:
-        cdf = jnp.arange(1, n + 1, dtype=x.dtype) / n
-        return perm, xs, jnp.broadcast_to(cdf, shape)
-    ws = jnp.take_along_axis(
-        jnp.broadcast_to(w, shape), jnp.broadcast_to(perm, shape), axis=-1
-    )
-    c = jnp.cumsum(ws, axis=-1)
-    c = c + lax.stop_gradient(lax.cummax(c, axis=c.ndim - 1) - c)
-    total = c[..., -1:]
-    ok = (total > 0) & ~jnp.any(ws < 0, axis=-1, keepdims=True)
-    last = jnp.where(ok, 1, jnp.nan).astype(c.dtype)  # not total / total: XLA
-    cdf = c[..., :-1] / jnp.where(ok, total, jnp.nan)  # divides by a reciprocal
-    return perm, xs, jnp.concatenate([cdf, last], axis=-1)
-
-
-def _prepend_zero(c: jax.Array) -> jax.Array:
-    return jnp.concatenate([jnp.zeros_like(c[..., :1]), c], axis=-1)
-
-
-def _take(x: jax.Array, idx: jax.Array) -> jax.Array:
-    return jnp.take_along_axis(x, idx, axis=-1)
-
-
 @functools.partial(jax.jit, static_argnames=("p", "coupling"))
 def _wasserstein_1d_pow(u, v, u_weights, v_weights, p, coupling):
     """``W_p^p`` over the last axis (and the coupling if ``coupling``)."""
     n, m = u.shape[-1], v.shape[-1]
-    u_shape = (
-        u.shape if u_weights is None else jnp.broadcast_shapes(u.shape, u_weights.shape)
-    )
-    v_shape = (
-        v.shape if v_weights is None else jnp.broadcast_shapes(v.shape, v_weights.shape)
-    )
-    pu, su, cu = _sorted_cdf(u, u_weights, u_shape)
-    pv, sv, cv = _sorted_cdf(v, v_weights, v_shape)
-    if u_weights is None and v_weights is None and n == m and not coupling:
-        # Equal uniform weights: the quantile functions share their steps.
-        return jnp.mean(_cost(su - sv, p), axis=-1)
-
-    batch = jnp.broadcast_shapes(u_shape[:-1], v_shape[:-1])
-    pu, su, cu = (jnp.broadcast_to(a, (*batch, n)) for a in (pu, su, cu))
-    pv, sv, cv = (jnp.broadcast_to(a, (*batch, m)) for a in (pv, sv, cv))
-    # The breakpoints of the merged CDFs split (0, 1] into intervals on which
-    # both quantile functions are constant. The interval ending at cu[i] pairs
-    # su[i] with sv[j], j = #(cv < cu[i]), and starts at the previous breakpoint
-    # max(cu[i-1], cv[j-1]); symmetrically for cv[j] with i = #(cu <= cv[j]).
-    # The one ending at cv[m-1] = 1 = cu[n-1] is empty and left out.
-    j_of_u, i_of_v = _merge_ranks(cu, cv)
-    i_of_v = i_of_v[..., :-1]
-    cu0, cv0 = _prepend_zero(cu), _prepend_zero(cv)
-    # XLA recomputes the CDFs inside several fusions, with FMA contraction, so
-    # their last bits may differ from those the ranks saw: clip at zero.
-    mass_u = jnp.maximum(cu - jnp.maximum(cu0[..., :-1], _take(cv0, j_of_u)), 0)
-    mass_v = jnp.maximum(
-        cv[..., :-1] - jnp.maximum(cv0[..., :-2], _take(cu0, i_of_v)), 0
-    )
-    j_of_u = jnp.minimum(j_of_u, m - 1)
-    i_of_v = jnp.minimum(i_of_v, n - 1)
-    cost_u = _cost(su - _take(sv, j_of_u), p)
-    cost_v = _cost(_take(su, i_of_v) - sv[..., :-1], p)
-    w_pow = jnp.sum(mass_u * cost_u, axis=-1) + jnp.sum(mass_v * cost_v, axis=-1)
+    given = [x for x in (u, v, u_weights, v_weights) if x is not None]
+    batch = jnp.broadcast_shapes(*(x.shape[:-1] for x in given))
+    u, v = jnp.broadcast_to(u, (*batch, n)), jnp.broadcast_to(v, (*batch, m))
+    if u_weights is not None:
+        u_weights = jnp.broadcast_to(u_weights, u.shape)
+    if v_weights is not None:
+        v_weights = jnp.broadcast_to(v_weights, v.shape)
+    w_pow = _w_pow(u, v, u_weights, v_weights, p)
     if not coupling:
         return w_pow
-    plan = Coupling1D(
-        u_index=jnp.concatenate([pu, _take(pu, i_of_v)], axis=-1),
-        v_index=jnp.concatenate([_take(pv, j_of_u), pv[..., :-1]], axis=-1),
-        mass=jnp.concatenate([mass_u, mass_v], axis=-1),
+    k = (*batch, n + m - 1)
+    shapes = (
+        _like(u, shape=batch),
+        (_like(u, jnp.int32, k), _like(u, jnp.int32, k), _like(u, shape=k)),
     )
-    return w_pow, plan
+    _, plan = _host_or_xla("coupling", p, shapes, u, v, u_weights, v_weights)
+    return w_pow, Coupling1D(*plan)
 
 
 # ---------------------------------------------------------------------------
