@@ -254,7 +254,10 @@ def _from_precisions(precisions, covariance_type):
     # factor (lower), reverse back.
     flip = lambda a: jnp.flip(a, axis=(-2, -1))
     prec_chol = flip(jnp.linalg.cholesky(flip(precisions)))
-    inv = _inverse_transpose(prec_chol).swapaxes(-1, -2)  # U^-1
+    eye = jnp.broadcast_to(
+        jnp.eye(precisions.shape[-1], dtype=precisions.dtype), precisions.shape
+    )
+    inv = solve_triangular(prec_chol, eye, lower=False)  # U^-1
     covariances = jnp.matmul(inv.swapaxes(-1, -2), inv, precision=_HIGHEST)
     return prec_chol, covariances
 
