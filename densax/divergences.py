@@ -127,17 +127,26 @@ def _check_log_probabilities(x: jax.Array, name: str) -> None:
 
 
 def _x_log_ratio(x: jax.Array, y: jax.Array) -> jax.Array:
-    """``x log(x / y)``: 0 where ``x = 0``, +inf where ``y = 0 < x``."""
-    positive = x > 0
-    xs, ys = jnp.where(positive, x, 1), jnp.where(positive, y, 1)
-    return jnp.where(positive, xs * (jnp.log(xs) - jnp.log(ys)), 0)
+    """``x log(x / y)``, elementwise.
+
+    0 where ``x = 0``; +inf where ``y = 0 < x``, with a zero derivative so that
+    a zero cotangent never meets an infinite one (which would give NaN); NaN
+    and negative inputs give NaN.
+    """
+    zero, infinite = x == 0, (y == 0) & (x > 0)
+    safe = zero | infinite
+    xs, ys = jnp.where(safe, 1, x), jnp.where(safe, 1, y)
+    term = xs * (jnp.log(xs) - jnp.log(ys))
+    return jnp.where(zero, 0, jnp.where(infinite, jnp.inf, term))
 
 
 def _exp_log_ratio(lx: jax.Array, ly: jax.Array) -> jax.Array:
-    """``exp(lx) (lx - ly)``: 0 where ``lx = -inf``, +inf where ``ly = -inf < lx``."""
-    positive = lx > -jnp.inf
-    lxs, lys = jnp.where(positive, lx, 0), jnp.where(positive, ly, 0)
-    return jnp.where(positive, jnp.exp(lxs) * (lxs - lys), 0)
+    """``exp(lx) (lx - ly)``, elementwise: ``_x_log_ratio`` in log space."""
+    zero, infinite = lx == -jnp.inf, (ly == -jnp.inf) & (lx > -jnp.inf)
+    safe = zero | infinite
+    lxs, lys = jnp.where(safe, 0, lx), jnp.where(safe, 0, ly)
+    term = jnp.exp(lxs) * (lxs - lys)
+    return jnp.where(zero, 0, jnp.where(infinite, jnp.inf, term))
 
 
 def _finish(value: jax.Array, log_base: float | None) -> jax.Array:
@@ -341,7 +350,10 @@ def js_divergence_from_log(
     if normalize:
         log_p = log_p - logsumexp(log_p, axis=axis, keepdims=True)
         log_q = log_q - logsumexp(log_q, axis=axis, keepdims=True)
-    log_m = jnp.logaddexp(log_p, log_q) - _LOG2
+    # Where both are -inf, logaddexp's derivative is NaN: evaluate it elsewhere.
+    both = (log_p == -jnp.inf) & (log_q == -jnp.inf)
+    log_sum = jnp.logaddexp(jnp.where(both, 0, log_p), jnp.where(both, 0, log_q))
+    log_m = jnp.where(both, -jnp.inf, log_sum) - _LOG2
     terms = _exp_log_ratio(log_p, log_m) + _exp_log_ratio(log_q, log_m)
     return _js_finish(jnp.sum(terms, axis=axis) / 2, log_base)
 

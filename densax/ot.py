@@ -148,7 +148,8 @@ def _merge_ranks(xp, a, b):
     """For rows sorted along the last axis: ``#(b < a_i)`` and ``#(a <= b_j)``."""
     n, m = a.shape[-1], b.shape[-1]
     if xp is jnp:
-        method = "scan" if a.size + b.size < _HOST_MIN_SIZE else "sort"
+        # Comparing all pairs is cheapest to compile and run for small rows.
+        method = "compare_all" if n * m <= 1 << 16 else "sort"
         ss = functools.partial(jnp.searchsorted, method=method)
         ranks = lambda a, b: (ss(b, a, side="left"), ss(a, b, side="right"))
         j, i = jnp.vectorize(ranks, signature="(n),(m)->(n),(m)")(a, b)
@@ -276,9 +277,12 @@ def _host_or_xla(want, p, out_shapes, *args):
     host_fn = _on_host(functools.partial(_transport, np, p=p, want=want))
 
     def on_host(*args):
-        return jax.pure_callback(
-            host_fn, out_shapes, *args, vmap_method="broadcast_all"
-        )
+        out = jax.pure_callback(host_fn, out_shapes, *args, vmap_method="broadcast_all")
+        # Under shard_map the outputs vary over the inputs' manual mesh axes
+        # (a callback's outputs are typed invariant, unlike the XLA branch's).
+        leaves = jax.tree.leaves(args)
+        varying = set().union(*(jax.typeof(a).mat.varying for a in leaves))
+        return lax.pcast(out, tuple(sorted(varying)), to="varying")
 
     return lax.platform_dependent(*args, cpu=on_host, default=xla_fn)
 
@@ -316,7 +320,7 @@ def _root(s: jax.Array, p: int | float) -> jax.Array:
     if p == 1:
         return s
     positive = s > 0
-    return jnp.where(positive, jnp.where(positive, s, 1) ** (1 / p), 0)
+    return jnp.where(positive, jnp.where(positive, s, 1) ** (1 / p), 0 * s)  # NaN stays
 
 
 @functools.partial(jax.jit, static_argnames=("p", "coupling"))
