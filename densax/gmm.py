@@ -446,7 +446,8 @@ def _kmeans_plusplus(key, x, w, k):
       seeding, SODA.
     """
     n_trials = 2 + int(math.log(k))
-    first = x[_sample_index(jax.random.fold_in(key, 0), w, (1,))[0]]
+    u = jax.random.uniform(key, (k, n_trials), x.dtype)  # all the randomness
+    first = x[_sample_index(u[0, :1], w)[0]]
     centres = jnp.zeros((k, x.shape[1]), x.dtype).at[0].set(first)
     closest = _sq_distances(first[None], x)[0]  # [n]
 
@@ -455,8 +456,7 @@ def _kmeans_plusplus(key, x, w, k):
         mass = w * closest
         # Every sample on a centre already (fewer distinct points than K):
         # sample by weight alone.
-        mass = jnp.where(jnp.sum(mass) > 0, mass, w)
-        cand = _sample_index(jax.random.fold_in(key, i), mass, (n_trials,))
+        cand = _sample_index(u[i], jnp.where(jnp.sum(mass) > 0, mass, w))
         new_closest = jnp.minimum(closest, _sq_distances(x[cand], x))  # [trials, n]
         best = jnp.argmin(new_closest @ w)
         return centres.at[i].set(x[cand[best]]), new_closest[best]
@@ -465,11 +465,16 @@ def _kmeans_plusplus(key, x, w, k):
     return centres
 
 
-def _sample_index(key, mass, shape):
-    """Indices drawn with probability proportional to ``mass`` (inverse CDF)."""
+def _sample_index(u, mass):
+    """Indices drawn with probability proportional to ``mass``, by inverse CDF.
+
+    Args:
+      u: [m] uniform numbers in [0, 1).
+      mass: [n] non-negative masses with a positive sum.
+    """
     cdf = jnp.cumsum(mass)
-    u = jax.random.uniform(key, shape, mass.dtype) * cdf[-1]
-    return jnp.minimum(jnp.searchsorted(cdf, u, side="right"), mass.shape[0] - 1)
+    index = jnp.searchsorted(cdf, u * cdf[-1], side="right", method="compare_all")
+    return jnp.minimum(index, mass.shape[0] - 1)
 
 
 def _lloyd(x, w, centres):

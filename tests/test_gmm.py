@@ -1,3 +1,12 @@
+"""Tests of densax.gmm against scikit-learn's GaussianMixture.
+
+Compilation dominates the run time, so the tests share a few configurations:
+the data ``X`` ([N, D] = [240, 3], K = 3 components; K == D on purpose, the
+case where tied [d, d] and diag [K, d] shapes coincide), ``MAX_ITER``
+iterations, and initial parameters computed in NumPy (``_initial``).
+"""
+
+import functools
 import warnings
 from functools import partial
 
@@ -18,25 +27,50 @@ from sklearn.utils._array_api import get_namespace
 
 from densax import gmm
 
-K, D, N = 3, 3, 240  # one data shape for most tests: fewer compilations
-MAX_ITER = 12
+K, D, N = 3, 3, 240
+MAX_ITER = 30
 
 
 def _data(n=N, seed=0):
-    """Three anisotropic clusters, away from the origin (float64)."""
+    """Three anisotropic clusters away from the origin (float64 [n, 3])."""
     rng = np.random.default_rng(seed)
     centres = np.array([[0.0, 0.0, 0.0], [4.0, 1.0, -2.0], [-1.0, 5.0, 3.0]]) + 5.0
-    scales = [
-        np.diag([1.0, 0.5, 0.3]),
-        np.array([[1.0, 0.6, 0], [0, 0.8, 0.2], [0, 0, 0.4]]),
-    ]
-    scales.append(0.7 * np.eye(3))
+    scales = np.array(
+        [
+            np.diag([1.0, 0.5, 0.3]),
+            [[1.0, 0.6, 0.0], [0.0, 0.8, 0.2], [0.0, 0.0, 0.4]],
+            0.7 * np.eye(3),
+        ]
+    )
     labels = np.arange(n) % K
     z = rng.normal(size=(n, D))
-    return np.stack([centres[k] + z[i] @ scales[k] for i, k in enumerate(labels)])
+    return centres[labels] + np.einsum("ni,nij->nj", z, scales[labels])
 
 
 X = _data()
+
+
+def _initial(covariance_type, dtype=np.float64, x=X, reg=1e-6):
+    """Initial parameters, in NumPy: the Voronoi cells of three samples.
+
+    Two seeds lie in the same cluster, so EM has some way to go.
+    """
+    seeds = x[[0, 3, 1]]
+    labels = np.argmin(((x[:, None] - seeds) ** 2).sum(-1), axis=1)
+    weights = np.bincount(labels, minlength=K) / len(x)
+    means = np.stack([x[labels == k].mean(0) for k in range(K)])
+    covs = np.stack(
+        [np.cov(x[labels == k].T, bias=True) + reg * np.eye(D) for k in range(K)]
+    )
+    cov = {
+        "full": covs,
+        "tied": np.einsum("k,kij->ij", weights, covs),
+        "diag": np.diagonal(covs, 0, 1, 2),
+        "spherical": np.diagonal(covs, 0, 1, 2).mean(1),
+    }[covariance_type]
+    return gmm.from_covariances(
+        weights.astype(dtype), means.astype(dtype), cov.astype(dtype), covariance_type
+    )
 
 
 def _precisions(params):
@@ -47,58 +81,66 @@ def _precisions(params):
     return u**2
 
 
-def _normalised(w):
-    return w / w.sum()
-
-
-def _sklearn(params, **kwargs):
-    return GaussianMixture(
+def _fit_sklearn(params, x, **kwargs):
+    weights = np.asarray(params.weights, np.float64)
+    sk = GaussianMixture(
         params.weights.shape[0],
         covariance_type=params.covariance_type,
-        weights_init=_normalised(np.asarray(params.weights, np.float64)),
+        weights_init=weights / weights.sum(),
         means_init=np.asarray(params.means, np.float64),
         precisions_init=_precisions(params),
         **kwargs,
     )
-
-
-def _fit_sklearn(params, x, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return _sklearn(params, **kwargs).fit(x)
+        return sk.fit(x)
 
 
 def _assert_close(actual, desired, rtol, atol=0.0):
-    np.testing.assert_allclose(np.asarray(actual, np.float64), desired, rtol, atol)
+    np.testing.assert_allclose(
+        np.asarray(actual, np.float64), np.asarray(desired, np.float64), rtol, atol
+    )
 
 
-# Tolerances against scikit-learn in float64 with the same data and initial
+def _assert_trees_close(actual, desired, rtol, atol=0.0):
+    leaves = zip(jax.tree.leaves(actual), jax.tree.leaves(desired), strict=True)
+    for a, b in leaves:
+        _assert_close(a, b, rtol, atol)
+
+
+def _finite(tree):
+    return all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(tree))
+
+
+# Tolerances against scikit-learn (float64) with the same data and initial
 # parameters. float64: the issue's 1e-8 relative (we measure ~1e-14). float32:
 # eps = 1.2e-7, and the expanded quadratic form of the E-step cancels terms of
-# size kappa ~ 1e2 on this data (see densax.gmm's docstring), amplified over
-# MAX_ITER iterations: 2e-5 relative on the log-likelihood, 1e-4 on parameters.
+# size kappa ~ 1e2 on this data (see densax.gmm's docstring); the trajectory
+# of MAX_ITER iterations amplifies that a little: 2e-5 relative on the
+# log-likelihood, 2e-4 on parameters (measured: 1e-6 and 3e-5).
 RTOL = {np.float64: 1e-8, np.float32: 2e-5}
-PARAM_TOL = {np.float64: 1e-8, np.float32: 1e-4}
+PARAM_TOL = {np.float64: 1e-8, np.float32: 2e-4}
 
 
 @pytest.mark.parametrize("covariance_type", gmm.COVARIANCE_TYPES)
 def test_fit_matches_sklearn(covariance_type, dtype):
     x = X.astype(dtype)
-    p0 = gmm.init(jax.random.key(0), x, K, covariance_type=covariance_type)
+    p0 = _initial(covariance_type, dtype)
     sk = _fit_sklearn(p0, x.astype(np.float64), max_iter=MAX_ITER, tol=0)
-    res = gmm.fit(
-        None, x, K, covariance_type=covariance_type, init_params=p0,
-        max_iter=MAX_ITER, tol=0.0,
-    )  # fmt: skip
+    fit = partial(gmm.fit, None, x, K, covariance_type=covariance_type)
+    res = fit(init_params=p0, max_iter=MAX_ITER, tol=0.0)
     rtol, ptol = RTOL[dtype], PARAM_TOL[dtype]
     # Log-likelihood at every iteration, the final lower bound, no convergence
-    # with tol=0, and EM never decreases the log-likelihood.
+    # with tol=0, and EM does not decrease the log-likelihood: up to rounding
+    # (float32: 16 eps) and, in float64, dips of ~1e-14 relative at convergence
+    # (reg_covar > 0 makes EM a penalised EM; reg_covar=0 is tested below).
     _assert_close(res.log_likelihood_trace, sk.lower_bounds_, rtol)
     _assert_close(res.log_likelihood, sk.lower_bound_, rtol)
     assert int(res.n_iter) == MAX_ITER and not bool(res.converged)
     trace = np.asarray(res.log_likelihood_trace, np.float64)
-    assert np.all(np.diff(trace) >= -10 * np.finfo(dtype).eps * np.abs(trace[1:]))
-    # Final parameters, scaled by their size.
+    slack = 1e-12 if dtype == np.float64 else 16 * np.finfo(dtype).eps
+    assert np.all(np.diff(trace) >= -slack * np.abs(trace[1:]))
+    # Final parameters, relative to their size.
     p = res.params
     for ours, theirs in [
         (p.weights, sk.weights_),
@@ -113,31 +155,27 @@ def test_fit_matches_sklearn(covariance_type, dtype):
     _assert_close(gmm.log_prob(p, x), sk.score_samples(x), ptol, ptol)
     _assert_close(gmm.predict_proba(p, x), sk.predict_proba(x), ptol, ptol)
     assert np.mean(np.asarray(gmm.predict(p, x)) == sk.predict(x)) > 0.99
-    leaves = [*jax.tree.leaves(res), gmm.log_prob(p, x), gmm.bic(p, x)]
-    assert {a.dtype for a in leaves if jnp.issubdtype(a.dtype, jnp.floating)} == {
-        np.dtype(dtype)
-    }
-    # scikit-learn's stopping rule: the same number of iterations with tol > 0.
-    res = gmm.fit(
-        None, x, K, covariance_type=covariance_type, init_params=p0,
-        max_iter=MAX_ITER, tol=0.05,
-    )  # fmt: skip
-    sk = _fit_sklearn(p0, x.astype(np.float64), max_iter=MAX_ITER, tol=0.05)
+    outputs = [*jax.tree.leaves(res), gmm.log_prob(p, x), gmm.bic(p, x)]
+    floats = {a.dtype for a in outputs if jnp.issubdtype(a.dtype, jnp.floating)}
+    assert floats == {np.dtype(dtype)}
+    # scikit-learn's stopping rule: the same iterations with tol > 0.
+    res = fit(init_params=p0, max_iter=MAX_ITER, tol=1e-3)
+    sk = _fit_sklearn(p0, x.astype(np.float64), max_iter=MAX_ITER, tol=1e-3)
     assert int(res.n_iter) == sk.n_iter_ and bool(res.converged) == sk.converged_
     _assert_close(res.log_likelihood, sk.lower_bound_, rtol)
 
 
 @pytest.mark.parametrize("covariance_type", gmm.COVARIANCE_TYPES)
 def test_steps_match_sklearn(covariance_type, x64):
-    p = gmm.init(jax.random.key(1), X, K, covariance_type=covariance_type)
-    # from_precisions gives scikit-learn's factors of precisions_init.
+    p = _initial(covariance_type)
+    # from_precisions factors precisions_init as scikit-learn does.
     precisions = _precisions(p)
     sk_prec_chol = _compute_precision_cholesky_from_precisions(
         precisions, covariance_type, xp=get_namespace(precisions)[0]
     )
     q = gmm.from_precisions(p.weights, p.means, precisions, covariance_type)
     _assert_close(q.precisions_cholesky, sk_prec_chol, 1e-12, 1e-12)
-    _assert_close(q.covariances, np.asarray(p.covariances), 1e-12, 1e-12)
+    _assert_close(q.covariances, p.covariances, 1e-12, 1e-12)
     sk = GaussianMixture(K, covariance_type=covariance_type)
     sk.weights_, sk.means_ = np.asarray(p.weights), np.asarray(p.means)
     sk.precisions_cholesky_ = sk_prec_chol
@@ -149,88 +187,94 @@ def test_steps_match_sklearn(covariance_type, x64):
     new = gmm.m_step(X, log_resp, covariance_type=covariance_type)
     stepped, ll_step = gmm.em_step(p, X)
     _assert_close(ll_step, log_norm, 1e-10)
+    expected = (sk.weights_, sk.means_, sk.covariances_, sk.precisions_cholesky_)
     for params in (new, stepped):
-        for ours, theirs in [
-            (params.weights, sk.weights_),
-            (params.means, sk.means_),
-            (params.covariances, sk.covariances_),
-            (params.precisions_cholesky, sk.precisions_cholesky_),
-        ]:
-            _assert_close(ours, theirs, 1e-9, 1e-12)
+        _assert_trees_close(params, expected, 1e-9, 1e-12)
 
 
-def test_float32_inputs_stay_float32_with_x64(x64):
-    x = X.astype(np.float32)
-    res = gmm.fit(jax.random.key(0), x, K, max_iter=3)
+def test_float32_data_stays_float32_with_x64_enabled(x64):
+    res = gmm.fit(
+        None, X.astype(np.float32), K, init_params=_initial("full", np.float32)
+    )
     assert {a.dtype for a in jax.tree.leaves(res.params)} == {np.dtype(np.float32)}
     assert res.log_likelihood.dtype == np.float32
 
 
-def test_integer_data_takes_default_float():
-    res = gmm.fit(jax.random.key(0), np.round(X * 10).astype(np.int32), K, max_iter=3)
-    assert res.params.means.dtype == jnp.float32
+def test_integer_data_takes_the_default_float():
+    x = np.round(X * 10).astype(np.int32)
+    p0 = _initial("full", np.float32, x=x.astype(np.float64))
+    res = gmm.fit(None, x, K, init_params=p0, max_iter=MAX_ITER)
+    assert res.params.means.dtype == jnp.float32 and _finite(res.params)
+
+
+@functools.cache
+def _sklearn_optimum():
+    return GaussianMixture(K, n_init=5, tol=1e-10, max_iter=500, random_state=0).fit(X)
 
 
 @pytest.mark.parametrize("method", gmm.INIT_METHODS)
 def test_every_init_method_reaches_the_optimum(method, x64):
-    # Well-separated clusters: every initialisation finds scikit-learn's
-    # best-of-five optimum (in the best of three restarts).
-    sk = GaussianMixture(K, n_init=5, tol=1e-10, max_iter=500, random_state=0).fit(X)
-    res = gmm.fit(
-        jax.random.key(3), X, K, init=method, n_init=3, tol=1e-10, max_iter=500
-    )
-    assert bool(res.converged)
-    _assert_close(res.log_likelihood, sk.lower_bound_, 1e-8)
-    order = np.argsort(np.asarray(res.params.means[:, 0]))
-    _assert_close(res.params.means[order], sk.means_[np.argsort(sk.means_[:, 0])], 1e-6)
+    # Well-separated clusters: the best of three restarts from every
+    # initialisation finds scikit-learn's best-of-five optimum.
+    sk = _sklearn_optimum()
+    fits = []
+    for key in jax.random.split(jax.random.key(3), 3):
+        p0 = gmm.init(key, X, K, method=method)
+        assert p0.means.shape == (K, D) and _finite(p0)
+        fits.append(gmm.fit(None, X, K, init_params=p0, tol=1e-10, max_iter=500))
+    best = max(fits, key=lambda r: float(r.log_likelihood))
+    assert bool(best.converged)
+    _assert_close(best.log_likelihood, sk.lower_bound_, 1e-8)
+    order = np.argsort(np.asarray(best.params.means[:, 0]))
+    expected = sk.means_[np.argsort(sk.means_[:, 0])]
+    _assert_close(best.params.means[order], expected, 1e-6)
 
 
 def test_init_takes_user_parameters(x64):
     key = jax.random.key(0)
     ref = gmm.init(key, X, K)
     means = ref.means + 1.0
-    partial_init = gmm.init(key, X, K, means=means)
-    _assert_close(partial_init.means, np.asarray(means), 0)
-    _assert_close(partial_init.covariances, np.asarray(ref.covariances), 0)
+    only_means = gmm.init(key, X, K, means=means)
+    _assert_close(only_means.means, means, 0)
+    _assert_close(only_means.covariances, ref.covariances, 0)
     precisions = _precisions(ref)
-    full = gmm.init(
+    given_all = gmm.init(
         key, X, K, weights=2 * ref.weights, means=means, precisions=precisions
     )
     other_key = gmm.init(
         jax.random.key(5), X, K, weights=ref.weights, means=means, precisions=precisions
     )
-    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(other_key), strict=True):
-        _assert_close(a, np.asarray(b), 0)  # the key is unused; weights normalised
-    _assert_close(full.precisions_cholesky, np.asarray(ref.precisions_cholesky), 1e-10)
-    _assert_close(full.covariances, np.asarray(ref.covariances), 1e-10)
+    _assert_trees_close(given_all, other_key, 0)  # key unused; weights normalised
+    _assert_close(given_all.precisions_cholesky, ref.precisions_cholesky, 1e-10)
+    _assert_close(given_all.covariances, ref.covariances, 1e-10)
 
 
 def test_restarts_run_in_parallel_and_keep_the_best(x64):
+    # Five components for three clusters: restarts end in different optima.
     key = jax.random.key(7)
-    x = _data(N, seed=3)[:, :2]  # a 2-D problem with several local optima
-    kw = dict(covariance_type="diag", max_iter=40, init="random_from_data")
-    best = gmm.fit(key, x, 5, n_init=4, **kw)
-    singles = [
-        gmm.fit(None, x, 5, init_params=gmm.init(k, x, 5, method=kw["init"],
-                covariance_type="diag"), max_iter=40, covariance_type="diag")
+    kw = dict(covariance_type="diag", max_iter=40)
+    best = gmm.fit(key, X, 5, n_init=4, init="random_from_data", **kw)
+    inits = [
+        gmm.init(k, X, 5, covariance_type="diag", method="random_from_data")
         for k in jax.random.split(key, 4)
-    ]  # fmt: skip
+    ]
+    singles = [gmm.fit(None, X, 5, init_params=p, **kw) for p in inits]
     lls = [float(r.log_likelihood) for r in singles]
-    _assert_close(best.log_likelihood, max(lls), 1e-12)
-    _assert_close(
-        best.params.means, np.asarray(singles[np.argmax(lls)].params.means), 1e-10
-    )
+    assert max(lls) - min(lls) > 1e-3  # the restarts do differ
+    _assert_trees_close(best, singles[int(np.argmax(lls))], 1e-10, 1e-12)
 
 
 def test_sample_weight_equals_repeated_samples(x64):
-    rng = np.random.default_rng(0)
-    counts = rng.integers(0, 4, N)
-    p0 = gmm.init(jax.random.key(0), X, K)
-    weighted = gmm.fit(None, X, K, init_params=p0, sample_weight=counts, tol=1e-8)
-    repeated = gmm.fit(None, np.repeat(X, counts, 0), K, init_params=p0, tol=1e-8)
+    counts = np.random.default_rng(0).integers(0, 4, N)
+    p0 = _initial("full")
+    weighted = gmm.fit(
+        None, X, K, init_params=p0, sample_weight=counts, max_iter=MAX_ITER
+    )
+    repeated = gmm.fit(
+        None, np.repeat(X, counts, 0), K, init_params=p0, max_iter=MAX_ITER
+    )
     assert int(weighted.n_iter) == int(repeated.n_iter)
-    for a, b in zip(jax.tree.leaves(weighted), jax.tree.leaves(repeated), strict=True):
-        _assert_close(a, np.asarray(b), 1e-9, 1e-12)
+    _assert_trees_close(weighted, repeated, 1e-9, 1e-12)
     _assert_close(
         gmm.bic(weighted.params, X, sample_weight=counts),
         gmm.bic(weighted.params, np.repeat(X, counts, 0)),
@@ -242,6 +286,7 @@ def test_sharded_fit_equals_single_device_fit(mesh, x64):
     key = jax.random.key(0)
     w = np.random.default_rng(1).random(N)
 
+    @jax.jit
     @partial(
         jax.shard_map, mesh=mesh, in_specs=(P(), P("data"), P("data")), out_specs=P()
     )
@@ -253,133 +298,130 @@ def test_sharded_fit_equals_single_device_fit(mesh, x64):
     res, step = sharded(key, X, w)
     ref = gmm.fit(key, X, K, sample_weight=w, n_init=2)
     assert int(res.n_iter) == int(ref.n_iter)
-    for a, b in zip(jax.tree.leaves(res), jax.tree.leaves(ref), strict=True):
-        _assert_close(a, np.asarray(b), 1e-10, 1e-12)
-    ref_step = gmm.em_step(ref.params, X, sample_weight=w)
-    for a, b in zip(jax.tree.leaves(step), jax.tree.leaves(ref_step), strict=True):
-        _assert_close(a, np.asarray(b), 1e-10, 1e-12)
+    _assert_trees_close(res, ref, 1e-10, 1e-12)
+    _assert_trees_close(step, gmm.em_step(ref.params, X, sample_weight=w), 1e-10, 1e-12)
 
 
 def test_pmap_em_step_equals_single_device(x64):
-    p = gmm.init(jax.random.key(0), X, K, covariance_type="tied")
+    p = _initial("tied")
     stepped = jax.pmap(lambda x: gmm.em_step(p, x, axis_name="i"), axis_name="i")(
         X.reshape(4, N // 4, D)
     )
-    ref = gmm.em_step(p, X)
-    for a, b in zip(jax.tree.leaves(stepped), jax.tree.leaves(ref), strict=True):
-        _assert_close(a[0], np.asarray(b), 1e-10, 1e-12)
+    _assert_trees_close(jax.tree.map(lambda a: a[0], stepped), gmm.em_step(p, X), 1e-10)
 
 
 def test_vmap_over_datasets_equals_a_loop():
-    xs = np.stack([_data(120, seed=s) for s in range(6)]).astype(np.float32)
-    keys = jax.random.split(jax.random.key(0), 6)
-    fit = partial(gmm.fit, n_components=K, covariance_type="spherical", max_iter=30)
+    xs = np.stack([_data(seed=s) for s in range(4)]).astype(np.float32)
+    keys = jax.random.split(jax.random.key(0), 4)
+    fit = partial(gmm.fit, n_components=K, max_iter=MAX_ITER)
     batched = jax.vmap(lambda k, x: fit(k, x))(keys, xs)
-    for i in range(6):
+    for i in range(4):
         single = fit(keys[i], xs[i])
         assert int(batched.n_iter[i]) == int(single.n_iter)
-        for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(single), strict=True):
-            _assert_close(a[i], np.asarray(b), 1e-5, 1e-5)
+        row = jax.tree.map(lambda a, i=i: np.asarray(a)[i], batched)
+        _assert_trees_close(row, single, 1e-5, 1e-5)
 
 
 def test_jit_and_no_retracing():
     x = X.astype(np.float32)
-    res = jax.jit(lambda k, x: gmm.fit(k, x, K, max_iter=5))(jax.random.key(0), x)
+    res = jax.jit(lambda k, x: gmm.fit(k, x, K, max_iter=MAX_ITER))(
+        jax.random.key(0), x
+    )
     assert res.params.means.shape == (K, D)
-    gmm.fit(jax.random.key(0), x, K, max_iter=5)
+    functions = (gmm._fit, gmm._log_prob, gmm._em_step)
+    gmm.fit(jax.random.key(0), x, K, max_iter=MAX_ITER)
     gmm.log_prob(res.params, x)
     gmm.em_step(res.params, x)
-    sizes = [f._cache_size() for f in (gmm._fit, gmm._log_prob, gmm._em_step)]
-    gmm.fit(jax.random.key(1), x + 1, K, max_iter=5)
+    sizes = [f._cache_size() for f in functions]
+    gmm.fit(jax.random.key(1), x + 1, K, max_iter=MAX_ITER)
     gmm.log_prob(res.params, x - 1)
     gmm.em_step(res.params, x * 2)
-    assert [f._cache_size() for f in (gmm._fit, gmm._log_prob, gmm._em_step)] == sizes
+    assert [f._cache_size() for f in functions] == sizes
 
 
 @pytest.mark.parametrize("covariance_type", gmm.COVARIANCE_TYPES)
 def test_log_prob_gradients(covariance_type, x64):
-    p = gmm.init(jax.random.key(0), X, K, covariance_type=covariance_type)
-    x = X[:20]
+    p = _initial(covariance_type)
 
-    def f(weights, means, covariances, x):
+    def log_prob(weights, means, covariances, x):
         params = gmm.from_covariances(weights, means, covariances, covariance_type)
         return gmm.log_prob(params, x)
 
-    check_grads(f, (p.weights, p.means, p.covariances, x), order=1, modes=["rev"])
+    args = (p.weights, p.means, p.covariances, X[:16])
+    check_grads(log_prob, args, order=1, modes=["rev"])
 
 
 def test_log_likelihood_after_em_steps_is_differentiable(x64):
-    x = X[:60]
-    p0 = gmm.init(jax.random.key(0), x, K, method="random")
-
+    @jax.jit
     def ll_after_steps(params):
-        params = jax.lax.fori_loop(0, 3, lambda i, p: gmm.em_step(p, x)[0], params)
-        return gmm.e_step(params, x)[1]
+        params = jax.lax.fori_loop(0, 3, lambda i, p: gmm.em_step(p, X)[0], params)
+        return gmm.e_step(params, X)[1]
 
+    p0 = _initial("full")
     check_grads(ll_after_steps, (p0,), order=1, modes=["rev"], eps=1e-5)
 
 
 def test_component_losing_all_points_stays_finite(x64):
-    p0 = gmm.init(jax.random.key(0), X, K)
-    far = p0.means.at[2].set(1e3)  # no sample is anywhere near
-    p0 = gmm.from_covariances(p0.weights, far, p0.covariances)
-    res = gmm.fit(None, X, K, init_params=p0)
-    assert bool(res.converged)
-    assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(res.params))
+    p0 = _initial("full")
+    p0 = gmm.from_covariances(p0.weights, p0.means.at[2].set(1e3), p0.covariances)
+    res = gmm.fit(None, X, K, init_params=p0, max_iter=MAX_ITER)
+    assert bool(res.converged) and _finite(res.params)
     assert float(res.params.weights[2]) < 1e-12
     # The emptied component: mean at the data mean, covariance reg_covar I.
     _assert_close(res.params.means[2], X.mean(0), 1e-10)
     _assert_close(res.params.covariances[2], 1e-6 * np.eye(D), 1e-8)
 
 
+DUPLICATES = np.repeat(_data(5, seed=2) * 10, 24, axis=0)  # 5 distinct points
+
+
 @pytest.mark.parametrize("covariance_type", ["full", "diag"])
-def test_duplicates_and_more_components_than_distinct_points(covariance_type, dtype):
-    # Five distinct points far from the origin, each repeated: K = 8 > 5.
-    x = np.repeat(_data(5, seed=2) * 10, 24, axis=0).astype(dtype)
+def test_duplicates_and_more_components_than_distinct_points(covariance_type):
+    # float32, where rounding can make a collapsed covariance indefinite: the
+    # full covariances need the Cholesky rescue, diag the clipping at zero.
+    x = DUPLICATES.astype(np.float32)
     res = gmm.fit(jax.random.key(0), x, 8, covariance_type=covariance_type)
-    assert bool(res.converged)
-    assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(res.params))
+    assert bool(res.converged) and _finite(res.params)
     assert np.isfinite(float(res.log_likelihood))
     assert np.all(np.isfinite(np.asarray(gmm.log_prob(res.params, x))))
+
+
+def test_collapse_without_regularisation_is_reported():
+    x = DUPLICATES.astype(np.float32)
+    res = gmm.fit(jax.random.key(0), x, 8, covariance_type="diag", reg_covar=0.0)
+    assert not bool(res.converged)
+    assert int(res.n_iter) < 100  # stopped at the non-finite log-likelihood
 
 
 def test_constant_feature(x64):
     x = X.copy()
     x[:, 1] = 7.0
-    res = gmm.fit(jax.random.key(0), x, K)
+    res = gmm.fit(None, x, K, init_params=_initial("full", x=x), max_iter=MAX_ITER)
     assert bool(res.converged)
     _assert_close(res.params.covariances[:, 1, 1], np.full(K, 1e-6), 1e-6)
     _assert_close(res.params.means[:, 1], np.full(K, 7.0), 1e-12)
     assert np.all(np.isfinite(np.asarray(gmm.log_prob(res.params, x))))
 
 
-def test_collapse_without_regularisation_is_reported(x64):
-    x = np.repeat(_data(5, seed=2), 24, axis=0)
-    res = gmm.fit(
-        jax.random.key(0), x, 8, covariance_type="diag", reg_covar=0.0, max_iter=50
-    )
-    assert not bool(res.converged)
-    assert int(res.n_iter) < 50  # stopped at the non-finite log-likelihood
-
-
 def test_non_finite_data():
-    x = X.astype(np.float32).copy()
+    x = X.astype(np.float32)
     x[3, 1] = np.nan
+    p = _initial("full", np.float32)
     with pytest.raises(ValueError, match="x contains NaN or inf"):
-        gmm.fit(jax.random.key(0), x, K)
+        gmm.fit(jax.random.key(0), x, K, max_iter=MAX_ITER)
     with pytest.raises(ValueError, match="x contains NaN or inf"):
-        gmm.log_prob(gmm.init(jax.random.key(0), X, K), x)
-    res = jax.jit(lambda x: gmm.fit(jax.random.key(0), x, K, init="random"))(x)
+        gmm.log_prob(p, x)
+    # Without the eager check (as under jit): reported, not raised.
+    res = gmm.fit(jax.random.key(0), x, K, max_iter=MAX_ITER, validate=False)
     assert not bool(res.converged) and int(res.n_iter) <= 1
-    p = gmm.init(jax.random.key(0), X.astype(np.float32), K)
-    lp = jax.jit(gmm.log_prob)(p, x)
-    assert np.isnan(lp[3]) and np.all(np.isfinite(np.delete(np.asarray(lp), 3)))
+    lp = np.asarray(gmm.log_prob(p, x, validate=False))
+    assert np.isnan(lp[3]) and np.all(np.isfinite(np.delete(lp, 3)))
 
 
 def test_bad_input_errors():
     x = X.astype(np.float32)
     key = jax.random.key(0)
-    p = gmm.init(key, x, K)
+    p = _initial("full", np.float32)
     with pytest.raises(ValueError, match="x must have rank 2"):
         gmm.fit(key, x[:, 0], K)
     with pytest.raises(ValueError, match=r"covariance_type must be one of 'full'"):
@@ -422,41 +464,28 @@ def test_bad_input_errors():
 
 @pytest.mark.parametrize("covariance_type", gmm.COVARIANCE_TYPES)
 def test_sample_moments(covariance_type, key):
-    p = gmm.init(
-        jax.random.key(1), X.astype(np.float32), K, covariance_type=covariance_type
-    )
+    p = _initial(covariance_type, np.float32)
     n = 30_000
     x, labels = gmm.sample(key, p, n)
     assert x.shape == (n, D) and x.dtype == jnp.float32 and labels.dtype == jnp.int32
     x, labels = np.asarray(x, np.float64), np.asarray(labels)
+    cov = np.asarray(p.covariances, np.float64)
     full_cov = {
-        "full": lambda c: c,
-        "tied": lambda c: np.broadcast_to(c, (K, D, D)),
-        "diag": lambda c: np.stack([np.diag(v) for v in c]),
-        "spherical": lambda c: c[:, None, None] * np.eye(D),
-    }[covariance_type](np.asarray(p.covariances, np.float64))
+        "full": lambda: cov,
+        "tied": lambda: np.broadcast_to(cov, (K, D, D)),
+        "diag": lambda: np.stack([np.diag(v) for v in cov]),
+        "spherical": lambda: cov[:, None, None] * np.eye(D),
+    }[covariance_type]()
     weights = np.asarray(p.weights, np.float64)
     freq = np.bincount(labels, minlength=K) / n
     assert np.all(np.abs(freq - weights) < 5 * np.sqrt(weights * (1 - weights) / n))
     for k in range(K):
         xk = x[labels == k]
         sd = np.sqrt(np.diag(full_cov[k]))
-        # 5 standard errors: mean ~ sd / sqrt(n_k), covariance ~ sd_i sd_j sqrt(2 / n_k)
+        # 5 standard errors: mean sd / sqrt(n_k), covariance sd_i sd_j sqrt(2 / n_k).
         assert np.all(np.abs(xk.mean(0) - p.means[k]) < 5 * sd / np.sqrt(len(xk)))
         err = np.abs(np.cov(xk.T) - full_cov[k]) / np.outer(sd, sd)
         assert np.all(err < 5 * np.sqrt(2 / len(xk)))
-
-
-@pytest.mark.parametrize("covariance_type", ["tied", "diag"])
-def test_as_many_components_as_features(covariance_type, x64):
-    # tied [d, d] and diag [K, d] have the same shape when K == d: the static
-    # covariance_type keeps them apart.
-    p0 = gmm.init(jax.random.key(0), X, D, covariance_type=covariance_type)
-    res = gmm.fit(
-        None, X, D, covariance_type=covariance_type, init_params=p0, max_iter=5, tol=0.0
-    )
-    sk = _fit_sklearn(p0, X, max_iter=5, tol=0)
-    _assert_close(res.log_likelihood_trace, sk.lower_bounds_, 1e-10)
 
 
 @settings(max_examples=15, deadline=None)
@@ -467,9 +496,8 @@ def test_em_never_decreases_the_log_likelihood(seed):
     with jax.enable_x64(True):
         rng = np.random.default_rng(seed)
         centres = rng.normal(size=(3, 2)) * 3
-        x = centres[np.arange(60) % 3] + rng.normal(size=(60, 2)) * rng.uniform(
-            0.1, 3, size=2
-        )
+        scale = rng.uniform(0.1, 3, size=2)
+        x = centres[np.arange(60) % 3] + rng.normal(size=(60, 2)) * scale
         res = gmm.fit(
             jax.random.key(seed), x, 3, init="random", max_iter=30, tol=0.0,
             reg_covar=0.0,
@@ -477,4 +505,4 @@ def test_em_never_decreases_the_log_likelihood(seed):
         trace = np.asarray(res.log_likelihood_trace)[: int(res.n_iter)]
         trace = trace[np.isfinite(trace)]
         assert trace.size > 0
-        assert np.all(np.diff(trace) >= -1e-10 * np.abs(trace[1:]))
+        assert np.all(np.diff(trace) >= -1e-13 * np.abs(trace[1:]))
