@@ -35,16 +35,25 @@ from densax import _validate
 
 __all__ = [
     "Coupling1D",
+    "SinkhornDivergenceOutput",
+    "SinkhornOutput",
+    "apply_plan",
     "random_directions",
+    "sinkhorn",
+    "sinkhorn_divergence",
     "sliced_wasserstein",
+    "to_ott",
+    "transport_plan",
+    "wasserstein",
     "wasserstein_1d",
 ]
 
 # Below this many elements per call, XLA's own sort beats the ~0.1 ms round trip
 # of a host callback (measured on a 2-core CPU; see benchmarks/bench_ot.py).
 _HOST_MIN_SIZE = 2048
-# Above this many elements, the two host sorts run on two threads.
-_THREAD_MIN_SIZE = 1 << 16
+# Above this many elements, the two host sorts run on two threads (starting a
+# thread costs about as much as sorting 10^5 floats).
+_THREAD_MIN_SIZE = 1 << 18
 
 
 class Coupling1D(NamedTuple):
@@ -86,10 +95,16 @@ def _argsort(xp, x):
 
 
 def _take(xp, x, idx):
-    """``x[..., idx]`` row by row."""
-    if xp is np and x.ndim == 1:
-        return x[idx]  # much faster than take_along_axis's broadcast indexing
-    return xp.take_along_axis(x, idx, axis=-1)
+    """``x[..., idx]`` row by row (``x`` and ``idx`` share their batch shape)."""
+    if xp is jnp:
+        return jnp.take_along_axis(x, idx, axis=-1)
+    # Flat indices: much faster than take_along_axis's broadcast indexing.
+    return x[idx] if x.ndim == 1 else x.reshape(-1)[_flat_index(x, idx)]
+
+
+def _flat_index(x, idx):
+    rows = np.arange(math.prod(idx.shape[:-1])).reshape(*idx.shape[:-1], 1)
+    return idx + rows * x.shape[-1]
 
 
 def _unsort(xp, values, perm):
@@ -97,7 +112,10 @@ def _unsort(xp, values, perm):
     if xp is jnp:
         return _segment_sum(jnp, values, perm, perm.shape[-1])
     out = np.empty_like(values)
-    np.put_along_axis(out, perm, values, axis=-1)
+    if values.ndim == 1:
+        out[perm] = values
+    else:
+        out.reshape(-1)[_flat_index(out, perm)] = values
     return out
 
 
@@ -256,13 +274,60 @@ def _transport(xp, u, v, u_weights, v_weights, *, p, want):
     return w_pow, tuple(grads)
 
 
-def _on_host(fn):
-    """``fn`` with NumPy inputs (``None`` kept), for ``jax.pure_callback``."""
+def _is_wide(x) -> bool:
+    return x is not None and x.dtype == np.float64
+
+
+def _callback(fn, out_shapes, *args):
+    """``jax.pure_callback(fn, ...)`` with NumPy arguments (``None`` kept).
+
+    float64 arrays cross as pairs of uint32: ``jax.enable_x64`` is thread-local,
+    and a callback running on an XLA thread would otherwise have its float64
+    inputs and outputs cast down to float32. Under ``shard_map`` the outputs
+    vary over the inputs' manual mesh axes, as the XLA branch's do.
+    """
+    wide_in = [_is_wide(a) for a in args]
+    wide_out = jax.tree.map(_is_wide, out_shapes)
+    to_bits = lambda x, wide: lax.bitcast_convert_type(x, jnp.uint32) if wide else x
+    bits_like = lambda s, wide: (
+        jax.ShapeDtypeStruct((*s.shape, 2), jnp.uint32) if wide else s
+    )
 
     def host_fn(*args):
-        return fn(*(None if a is None else np.asarray(a) for a in args))
+        args = [
+            None
+            if a is None
+            else np.asarray(a).view(np.float64)[..., 0]
+            if wide
+            else np.asarray(a)
+            for a, wide in zip(args, wide_in, strict=True)
+        ]
 
-    return host_fn
+        def encode(r, s, wide):  # r has more leading axes than s under vmap
+            r = np.asarray(r, dtype=s.dtype)
+            if not wide:
+                return r
+            return np.ascontiguousarray(r).view(np.uint32).reshape(*r.shape, 2)
+
+        return jax.tree.map(encode, fn(*args), out_shapes, wide_out)
+
+    out = jax.pure_callback(
+        host_fn,
+        jax.tree.map(bits_like, out_shapes, wide_out),
+        *(
+            to_bits(a, w) if a is not None else None
+            for a, w in zip(args, wide_in, strict=True)
+        ),
+        vmap_method="broadcast_all",
+    )
+    out = jax.tree.map(
+        lambda o, wide: lax.bitcast_convert_type(o, jnp.float64) if wide else o,
+        out,
+        wide_out,
+    )
+    leaves = jax.tree.leaves(args)
+    varying = set().union(*(jax.typeof(a).mat.varying for a in leaves))
+    return lax.pcast(out, tuple(sorted(varying)), to="varying")
 
 
 def _host_or_xla(want, p, out_shapes, *args):
@@ -274,16 +339,8 @@ def _host_or_xla(want, p, out_shapes, *args):
     xla_fn = functools.partial(_transport, jnp, p=p, want=want)
     if sum(a.size for a in jax.tree.leaves(args)) < _HOST_MIN_SIZE:
         return xla_fn(*args)
-    host_fn = _on_host(functools.partial(_transport, np, p=p, want=want))
-
-    def on_host(*args):
-        out = jax.pure_callback(host_fn, out_shapes, *args, vmap_method="broadcast_all")
-        # Under shard_map the outputs vary over the inputs' manual mesh axes
-        # (a callback's outputs are typed invariant, unlike the XLA branch's).
-        leaves = jax.tree.leaves(args)
-        varying = set().union(*(jax.typeof(a).mat.varying for a in leaves))
-        return lax.pcast(out, tuple(sorted(varying)), to="varying")
-
+    host_fn = functools.partial(_transport, np, p=p, want=want)
+    on_host = functools.partial(_callback, host_fn, out_shapes)
     return lax.platform_dependent(*args, cpu=on_host, default=xla_fn)
 
 
@@ -593,3 +650,16 @@ def sliced_wasserstein(
         theta = _validate.as_float(projections, "projections", ndim=2, dtype=x.dtype)
         _validate.check_same_last_dim(theta, x, "projections", "x")
     return _sliced_core(theta, x, y, x_weights, y_weights, p=p)
+
+
+# --- Entropic optimal transport (implemented in densax/_sinkhorn.py) ---
+from densax._sinkhorn import (  # noqa: E402
+    SinkhornDivergenceOutput,
+    SinkhornOutput,
+    apply_plan,
+    sinkhorn,
+    sinkhorn_divergence,
+    to_ott,
+    transport_plan,
+    wasserstein,
+)
