@@ -91,6 +91,9 @@ def forced(threshold, fn):
     def wrapped(*a):
         old = ot._HOST_MIN_SIZE
         ot._HOST_MIN_SIZE = threshold
+        # densax's inner jitted cores would otherwise reuse an earlier trace.
+        ot._wasserstein_1d_pow.clear_cache()
+        ot._sliced_core.clear_cache()
         try:
             return fn(*a)
         finally:

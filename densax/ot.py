@@ -77,15 +77,16 @@ class Coupling1D(NamedTuple):
 
 
 def _pair(xp, fn, x, y):
-    """``(fn(x), fn(y))``; on two threads for large NumPy arrays.
+    """``(fn(*x), fn(*y))``; on two threads for large NumPy arrays.
 
-    NumPy's sorts release the GIL, so the two sorts run in parallel.
+    NumPy's sorts, gathers and cumsums release the GIL, so the two sides of a
+    transport problem are prepared in parallel.
     """
-    if xp is jnp or x.size + y.size < _THREAD_MIN_SIZE:
-        return fn(x), fn(y)
+    if xp is jnp or x[0].size + y[0].size < _THREAD_MIN_SIZE:
+        return fn(*x), fn(*y)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        fy = pool.submit(fn, y)
-        return fn(x), fy.result()
+        fy = pool.submit(fn, *y)
+        return fn(*x), fy.result()
 
 
 def _argsort(xp, x):
@@ -133,7 +134,7 @@ def _segment_sum(xp, values, idx, size):
         out = jnp.zeros(rows * size, values.dtype).at[flat].add(values.reshape(-1))
     else:
         out = np.bincount(flat, values.reshape(-1), minlength=rows * size)
-    return out.reshape(*batch, size).astype(values.dtype)
+    return xp.asarray(out.reshape(*batch, size), dtype=values.dtype)
 
 
 def _cdf(xp, w, perm, dtype):
@@ -159,7 +160,7 @@ def _cdf(xp, w, perm, dtype):
     # The last entry is set, not divided: XLA may multiply by a reciprocal.
     last = xp.where(ok, xp.ones_like(total), xp.nan)
     cdf = xp.concatenate([c[..., :-1] / total, last], axis=-1)
-    return cdf.astype(dtype), total.astype(dtype)
+    return xp.asarray(cdf, dtype=dtype), xp.asarray(total, dtype=dtype)
 
 
 def _merge_ranks(xp, a, b):
@@ -213,10 +214,16 @@ def _transport(xp, u, v, u_weights, v_weights, *, p, want):
     uniform = u_weights is None and v_weights is None
     if uniform and n == m and want == "value":
         # Equal uniform weights: the quantile functions share their steps.
-        su, sv = _pair(xp, functools.partial(xp.sort, axis=-1), u, v)
+        su, sv = _pair(xp, functools.partial(xp.sort, axis=-1), (u,), (v,))
         return xp.mean(_cost(xp, su - sv, p), axis=-1)
-    pu, pv = _pair(xp, functools.partial(_argsort, xp), u, v)
-    su, sv = _take(xp, u, pu), _take(xp, v, pv)
+
+    def sort(x, w):  # the permutation, sorted samples, their CDF and total
+        perm = _argsort(xp, x)
+        return perm, _take(xp, x, perm), *_cdf(xp, w, perm, x.dtype)
+
+    (pu, su, cu, total_u), (pv, sv, cv, total_v) = _pair(
+        xp, sort, (u, u_weights), (v, v_weights)
+    )
     if uniform and n == m:
         d = su - sv
         g = _dcost(xp, d, p) / n
@@ -228,8 +235,6 @@ def _transport(xp, u, v, u_weights, v_weights, *, p, want):
     # with sv[j], j = #(cv < cu[i]), and starts at the previous breakpoint
     # max(cu[i-1], cv[j-1]); symmetrically for cv[j] with i = #(cu <= cv[j]).
     # The last one, ending at cv[m-1] = 1 = cu[n-1], is empty.
-    cu, total_u = _cdf(xp, u_weights, pu, u.dtype)
-    cv, total_v = _cdf(xp, v_weights, pv, v.dtype)
     j, i = _merge_ranks(xp, cu, cv)
     cu0, cv0 = _prepend_zero(xp, cu), _prepend_zero(xp, cv)
     cv0_j, cu0_i = _take(xp, cv0, j), _take(xp, cu0, i)
