@@ -1,0 +1,73 @@
+"""Generative models trained by divergence minimisation, in Flax ``nnx``.
+
+One entry point trains every method, one draws samples::
+
+    result = densax.generative.train(key, x, method="wgan-gp", num_steps=3000)
+    samples = densax.generative.sample(result, key, 1000)
+
+Modules: :mod:`~densax.generative.models` (MLP generator/critic, diffusion
+denoiser), :mod:`~densax.generative.losses` (pure GAN, WGAN and OT losses),
+:mod:`~densax.generative.gans` (the GAN-family methods and their options),
+:mod:`~densax.generative.diffusion` (DDPM: schedules, samplers, ELBO),
+:mod:`~densax.generative.training` (the shared training loop),
+:mod:`~densax.generative.checkpoint` (msgpack checkpoints) and
+:mod:`~densax.generative.method` (the interface a new method implements).
+"""
+
+from densax.generative import (
+    checkpoint,
+    diffusion,
+    gans,
+    losses,
+    method,
+    models,
+    training,
+)
+from densax.generative.diffusion import DDPMOptions
+from densax.generative.gans import (
+    GANOptions,
+    GeneratorOptions,
+    SinkhornOptions,
+    SlicedOptions,
+    WGANClipOptions,
+    WGANGPOptions,
+)
+from densax.generative.method import Method, StepContext
+from densax.generative.models import MLP, Denoiser
+from densax.generative.training import (
+    METHODS,
+    History,
+    Progress,
+    TrainResult,
+    TrainState,
+    sample,
+    train,
+)
+
+__all__ = [
+    "METHODS",
+    "MLP",
+    "DDPMOptions",
+    "Denoiser",
+    "GANOptions",
+    "GeneratorOptions",
+    "History",
+    "Method",
+    "Progress",
+    "SinkhornOptions",
+    "SlicedOptions",
+    "StepContext",
+    "TrainResult",
+    "TrainState",
+    "WGANClipOptions",
+    "WGANGPOptions",
+    "checkpoint",
+    "diffusion",
+    "gans",
+    "losses",
+    "method",
+    "models",
+    "sample",
+    "train",
+    "training",
+]

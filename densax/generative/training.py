@@ -1,0 +1,533 @@
+"""One training loop for every generative method: chunks, progress, checkpoints.
+
+:func:`train` runs a method of :data:`METHODS` (GAN family in
+:mod:`~densax.generative.gans`, diffusion in
+:mod:`~densax.generative.diffusion`) through the same machinery:
+
+* **Compiled chunks.** The networks are split (``nnx.split``) into static
+  graph definitions and a pure parameter pytree; a chunk of ``chunk_size``
+  steps is one jitted ``lax.scan`` over that pytree. A Python loop over chunks
+  reports progress, evaluates the metric and writes checkpoints.
+* **Reproducible.** Step ``s`` draws all its randomness from
+  ``fold_in(key, s)``, so the same seed gives bit-identical parameters
+  whatever the chunk size, and a run resumed from a checkpoint continues
+  exactly as if it had not stopped.
+* **Data parallel.** With ``mesh`` (a 1D ``jax.sharding.Mesh``) the chunk runs
+  under ``jax.shard_map``: every device holds the (small) dataset and the
+  replicated parameters, draws the *global* batch's indices and noise from
+  the step's key and processes its own rows; losses average over the global
+  batch with ``psum``, so gradients are those of single-device training on
+  the same batch.
+* **NaN guard.** A step whose losses or new parameters are not finite is not
+  applied: the chunk stops, training stops, a ``RuntimeWarning`` says which
+  step and which loss, and the result (``finite=False``) holds the last good
+  state, which is also checkpointed.
+* **Checkpoints** (``checkpoint=path``) after every chunk: parameters,
+  optimiser states, step, key and history, in msgpack
+  (:mod:`~densax.generative.checkpoint`); ``resume=True`` continues from the
+  file if it exists.
+
+The metric, evaluated after every chunk, is the sliced 2-Wasserstein distance
+(:func:`densax.metrics.sw2`) between ``eval_size`` generated samples and up
+to ``eval_size`` points of ``eval_data`` (default: the training data), with
+fixed evaluation noise so that its trace shows the training progress only.
+"""
+
+import dataclasses
+import functools
+import math
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax import lax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from densax import _validate, metrics
+from densax.generative import checkpoint as ckpt
+from densax.generative import diffusion, gans
+from densax.generative.method import Method, StepContext, all_finite
+
+__all__ = [
+    "METHODS",
+    "History",
+    "Progress",
+    "TrainResult",
+    "TrainState",
+    "sample",
+    "train",
+]
+
+METHODS: dict[str, Method] = {**gans.METHODS, **diffusion.METHODS}
+
+
+class TrainState(NamedTuple):
+    """Everything a training run carries from one step to the next."""
+
+    params: dict[str, Any]  # network name -> pure dict of parameter arrays
+    opt_state: dict[str, Any]  # network name -> Optax state
+    step: jax.Array  # [] int32, optimisation steps completed
+    key: jax.Array  # [] typed PRNG key; step s draws from fold_in(key, s)
+
+
+class History(NamedTuple):
+    """What happened during training (host NumPy arrays)."""
+
+    losses: dict[str, np.ndarray]  # loss name -> [steps] value at every step
+    chunk_step: np.ndarray  # [chunks] int, step count at the end of each chunk
+    steps_per_s: np.ndarray  # [chunks] float, throughput of each chunk (eval excluded)
+    sw2: np.ndarray  # [chunks] float, SW2 to eval data after each chunk (NaN: off)
+
+
+class Progress(NamedTuple):
+    """What ``callback`` receives after every chunk."""
+
+    method: str  # the method's name
+    step: int  # steps completed
+    num_steps: int  # steps requested
+    losses: dict[str, float]  # mean of each loss over the chunk
+    sw2: float  # the metric after the chunk (NaN when eval_size=0)
+    steps_per_s: float  # throughput of the chunk (the first includes compilation)
+
+
+class TrainResult(NamedTuple):
+    """The outcome of :func:`train`."""
+
+    generator: (
+        nnx.Module
+    )  # the sampling network: z -> x, or the denoiser (x_t, t) -> eps
+    critic: nnx.Module | None  # the critic/discriminator x -> [1], or None
+    state: TrainState  # final parameters, optimiser states, step and key
+    history: History  # losses per step, metric and throughput per chunk
+    method: str  # the method's name
+    options: Any  # the method's options (frozen dataclass, defaults filled in)
+    finite: bool  # False when the NaN guard stopped the run
+    message: str  # why training stopped early, or ""
+
+
+class _Static(NamedTuple):
+    """The static configuration of the compiled chunk (hashable)."""
+
+    method: str
+    options: Any
+    graphdefs: tuple[tuple[str, Any], ...]
+    batch_size: int
+    chunk_size: int
+    mesh: Mesh | None
+
+
+def _context(static: _Static, data: jax.Array, num_steps: jax.Array) -> StepContext:
+    method = METHODS[static.method]
+    axis_name = None if static.mesh is None else static.mesh.axis_names[0]
+    return StepContext(
+        data=data,
+        batch_size=static.batch_size,
+        graphdefs=dict(static.graphdefs),
+        optimizers=method.optimizers(static.options, num_steps),
+        options=static.options,
+        axis_name=axis_name,
+        n_shards=1 if static.mesh is None else static.mesh.size,
+    )
+
+
+def _chunk(state: TrainState, data: jax.Array, stop: jax.Array, static: _Static):
+    """Runs steps until ``stop`` or ``chunk_size`` steps or a non-finite step.
+
+    ``stop`` is the run's ``num_steps`` (traced: the horizon of learning-rate
+    schedules, without recompiling for another run length).
+    """
+    ctx = _context(static, data, stop)
+    step_fn = METHODS[static.method].step
+
+    def attempt(state):
+        key = jax.random.fold_in(state.key, state.step)
+        params, opt_state, losses = step_fn(ctx, state.params, state.opt_state, key)
+        ok = all_finite(losses) & all_finite(params)
+        new = TrainState(params, opt_state, state.step + 1, state.key)
+        # The NaN guard: a non-finite step is not applied.
+        kept = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, state)
+        return kept, losses, ~ok
+
+    loss_shapes = jax.eval_shape(lambda s: attempt(s)[1], state)
+
+    def skip(state):
+        nan = jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), loss_shapes)
+        return state, nan, jnp.array(False)
+
+    def body(carry, _):
+        state, failed = carry
+        active = (state.step < stop) & ~failed
+        state, losses, bad = lax.cond(active, attempt, skip, state)
+        return (state, failed | bad), losses
+
+    (state, failed), losses = lax.scan(
+        body, (state, jnp.array(False)), None, length=static.chunk_size
+    )
+    return state, losses, failed
+
+
+@functools.partial(jax.jit, static_argnames="static")
+def _run_chunk(state: TrainState, data: jax.Array, stop: jax.Array, static: _Static):
+    fn = functools.partial(_chunk, static=static)
+    if static.mesh is not None:
+        fn = jax.shard_map(
+            fn, mesh=static.mesh, in_specs=(P(), P(), P()), out_specs=(P(), P(), P())
+        )
+    return fn(state, data, stop)
+
+
+@functools.partial(jax.jit, static_argnames=("method", "options", "graphdef", "n"))
+def _evaluate(params, key, reference, *, method, options, graphdef, n):
+    k_sample, k_proj = jax.random.split(key)
+    model = nnx.merge(graphdef, params)
+    x = METHODS[method].sample(model, options, k_sample, n, reference.dtype)
+    return metrics.sw2(k_proj, x, reference)
+
+
+def _options(method: str, options: dict[str, Any]) -> Any:
+    cls = METHODS[method].options
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {', '.join(unknown)} for method {method!r}; "
+            f"its options are {', '.join(allowed)}"
+        )
+    return cls(**options)
+
+
+def _describe(
+    method: str, options: Any, data: jax.Array, batch_size: int, num_steps: int
+) -> dict:
+    """The JSON description checked when resuming (callables by name only)."""
+
+    def plain(v):
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        if isinstance(v, tuple):
+            return [plain(u) for u in v]
+        return type(v).__name__
+
+    opts = {
+        f.name: plain(getattr(options, f.name)) for f in dataclasses.fields(options)
+    }
+    return {
+        "method": method,
+        "options": opts,
+        "data_shape": list(data.shape),
+        "dtype": str(data.dtype),
+        "batch_size": batch_size,
+        "num_steps": num_steps,
+    }
+
+
+def _as_key(key: Any) -> jax.Array:
+    key = jnp.asarray(key)
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    if key.dtype != jnp.uint32:
+        raise TypeError(
+            f"key must be a PRNG key (jax.random.key), got dtype {key.dtype}"
+        )
+    return jax.random.wrap_key_data(key)
+
+
+def _history_from_dict(d: dict) -> History:
+    return History(
+        {k: np.asarray(v) for k, v in d["losses"].items()},
+        np.asarray(d["chunk_step"]),
+        np.asarray(d["steps_per_s"]),
+        np.asarray(d["sw2"]),
+    )
+
+
+def _home(tree: Any, like: jax.Array) -> Any:
+    """``tree`` on the device of ``like``.
+
+    After sharded chunks the state is replicated over the mesh; evaluation
+    and the returned result use one copy, so that later programs on them
+    (metrics, sampling) are single-device programs, where host callbacks
+    (e.g. ``densax.ot``'s sorts) are safe.
+    """
+    return jax.device_put(tree, like.sharding)
+
+
+def _log_line(p: Progress) -> str:
+    width = len(str(p.num_steps))
+    losses = "  ".join(f"{k} {v:.4g}" for k, v in p.losses.items())
+    return (
+        f"[{p.method}] step {p.step:>{width}}/{p.num_steps}  "
+        f"{p.steps_per_s:7.1f} steps/s  {losses}  sw2 {p.sw2:.4g}"
+    )
+
+
+def train(
+    key: jax.Array,
+    data: Any,
+    *,
+    method: str,
+    num_steps: int,
+    batch_size: int | None = None,
+    chunk_size: int = 250,
+    eval_data: Any = None,
+    eval_size: int = 1000,
+    mesh: Mesh | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    verbose: bool = False,
+    callback: Callable[[Progress], None] | None = None,
+    validate: bool = True,
+    **options: Any,
+) -> TrainResult:
+    """Trains a generative model of ``data`` with ``method``.
+
+    A host-side driver (not itself jittable): it compiles one chunk of
+    ``chunk_size`` steps and calls it until ``num_steps`` steps are done.
+
+    Args:
+      key: PRNG key: network initialisation, every step's randomness and the
+        evaluation noise all derive from it.
+      data: [n, d] training data.
+      method: one of ``"gan"``, ``"wgan-clip"``, ``"wgan-gp"``, ``"sliced"``,
+        ``"sinkhorn"``, ``"ddpm"``.
+      num_steps: total generator (or denoiser) steps; when resuming, the
+        steps already in the checkpoint count.
+      batch_size: global batch size (divisible by the number of devices in
+        ``mesh``); default: the method's, 256 for the adversarial methods and
+        ``"ddpm"``, 1024 for ``"sliced"`` and 512 for ``"sinkhorn"``
+        (minibatch OT losses are biased towards blurred samples by
+        O(1/sqrt(batch)); see :mod:`~densax.generative.gans`).
+      chunk_size: steps per compiled chunk, i.e. between two progress
+        reports, evaluations and checkpoints. Does not change the result.
+      eval_data: [m, d] reference data of the metric (default: ``data``).
+      eval_size: samples generated for the metric, compared with up to that
+        many reference points; 0 turns evaluation off.
+      mesh: a 1D device mesh to shard the batch over (data parallel).
+      checkpoint: file to write a checkpoint to after every chunk.
+      resume: continue from ``checkpoint`` if that file exists.
+      verbose: print one line per chunk (step, steps/s, losses, metric).
+      callback: called with a :class:`Progress` after every chunk.
+      validate: check that ``data`` is finite.
+      **options: the method's options, e.g. ``learning_rate``, ``hidden``,
+        ``n_critic``, ``gp_weight`` (see the options classes of
+        :mod:`~densax.generative.gans` and :mod:`~densax.generative.diffusion`).
+
+    Returns:
+      A :class:`TrainResult`; ``finite=False`` (with a ``message`` and a
+      ``RuntimeWarning``) if the NaN guard stopped training, the state then
+      being the last finite one.
+
+    Raises:
+      ValueError: bad option values or shapes, non-finite data, a checkpoint
+        of another run.
+      TypeError: unknown options, non-int counts.
+
+    Example:
+      >>> from densax import datasets, generative
+      >>> x = datasets.eight_gaussians(jax.random.key(0), 512)
+      >>> res = generative.train(jax.random.key(1), x, method="sliced",
+      ...                        num_steps=20, batch_size=64, chunk_size=10,
+      ...                        hidden=(32, 32))
+      >>> res.history.losses["generator"].shape, int(res.state.step)
+      ((20,), 20)
+    """
+    _validate.check_choice(method, "method", tuple(METHODS))
+    num_steps = _validate.check_int(num_steps, "num_steps", minimum=1)
+    if batch_size is None:
+        batch_size = METHODS[method].batch_size
+    batch_size = _validate.check_int(batch_size, "batch_size", minimum=1)
+    chunk_size = min(
+        _validate.check_int(chunk_size, "chunk_size", minimum=1), num_steps
+    )
+    eval_size = _validate.check_int(eval_size, "eval_size", minimum=0)
+    opts = _options(method, options)
+    data = _validate.as_float(data, "data", ndim=2)
+    if data.shape[0] < 1:
+        raise ValueError("data must hold at least one point")
+    _validate.check_finite(data, "data", validate)
+    eval_data = (
+        data
+        if eval_data is None
+        else _validate.as_float(eval_data, "eval_data", ndim=2, dtype=data.dtype)
+    )
+    _validate.check_same_last_dim(data, eval_data, "data", "eval_data")
+    if mesh is not None:
+        if len(mesh.axis_names) != 1:
+            raise ValueError(f"mesh must be 1D, got axes {mesh.axis_names}")
+        if batch_size % mesh.size:
+            raise ValueError(
+                f"batch_size ({batch_size}) must be divisible by the mesh size "
+                f"({mesh.size})"
+            )
+    key = _as_key(key)
+
+    spec = METHODS[method]
+    k_init, k_train, k_eval = jax.random.split(key, 3)
+    nets = spec.networks(opts, data.shape[1], data.dtype, nnx.Rngs(k_init))
+    split = {name: nnx.split(net, nnx.Param) for name, net in nets.items()}
+    graphdefs = {name: g for name, (g, _) in split.items()}
+    params = {name: nnx.to_pure_dict(s) for name, (_, s) in split.items()}
+    optimizers = spec.optimizers(opts, num_steps)
+    state = TrainState(
+        params,
+        {name: optimizers[name].init(p) for name, p in params.items()},
+        jnp.array(0, jnp.int32),
+        k_train,
+    )
+    static = _Static(
+        method, opts, tuple(graphdefs.items()), batch_size, chunk_size, mesh
+    )
+    describe = _describe(method, opts, data, batch_size, num_steps)
+
+    history = History({}, np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
+    if resume and checkpoint is not None and Path(checkpoint).exists():
+        state, saved_history, meta = ckpt.load(checkpoint, state)
+        if meta != describe:
+            raise ValueError(
+                f"checkpoint {checkpoint} belongs to another run: saved {meta}, "
+                f"this run {describe}"
+            )
+        history = _history_from_dict(saved_history)
+
+    if eval_size:
+        k_ref, k_eval = jax.random.split(k_eval)
+        pick = jax.random.permutation(k_ref, eval_data.shape[0])[:eval_size]
+        reference = eval_data[pick]
+        first_name = next(iter(graphdefs))
+        evaluate = functools.partial(
+            _evaluate,
+            method=method,
+            options=opts,
+            graphdef=graphdefs[first_name],
+            n=eval_size,
+        )
+
+    finite, message = True, ""
+    stop = jnp.int32(num_steps)
+    while int(state.step) < num_steps:
+        start = int(state.step)
+        t0 = time.perf_counter()
+        new_state, losses, failed = _run_chunk(state, data, stop, static=static)
+        done = int(new_state.step) - start  # waits for the chunk
+        elapsed = time.perf_counter() - t0
+        losses = {k: np.asarray(v) for k, v in losses.items()}
+        state = new_state
+        history = history._replace(
+            losses={
+                k: np.concatenate([history.losses.get(k, v[:0]), v[:done]])
+                for k, v in losses.items()
+            }
+        )
+        value = (
+            float(evaluate(_home(state.params[first_name], data), k_eval, reference))
+            if eval_size
+            else math.nan
+        )
+        rate = done / elapsed if elapsed > 0 else math.nan
+        history = history._replace(
+            chunk_step=np.append(history.chunk_step, int(state.step)),
+            steps_per_s=np.append(history.steps_per_s, rate),
+            sw2=np.append(history.sw2, value),
+        )
+        if bool(failed):
+            finite = False
+            bad = ", ".join(f"{k}={float(v[done]):.4g}" for k, v in losses.items())
+            message = (
+                f"non-finite loss or parameters at step {int(state.step) + 1} ({bad}); "
+                f"training stopped and the result holds the state after step "
+                f"{int(state.step)}, the last finite one. Lower the learning rate "
+                f"or check the data."
+            )
+        if checkpoint is not None:
+            ckpt.save(checkpoint, state, history=history._asdict(), meta=describe)
+        progress = Progress(
+            method,
+            int(state.step),
+            num_steps,
+            {
+                k: float(np.mean(v[:done])) if done else math.nan
+                for k, v in losses.items()
+            },
+            value,
+            rate,
+        )
+        if verbose:
+            print(_log_line(progress), flush=True)
+        if callback is not None:
+            callback(progress)
+        if not finite:
+            warnings.warn(
+                f"densax.generative.train: {message}", RuntimeWarning, stacklevel=2
+            )
+            break
+
+    state = _home(state, data)
+    models = {name: nnx.merge(g, state.params[name]) for name, g in graphdefs.items()}
+    return TrainResult(
+        generator=models[next(iter(models))],
+        critic=models.get("critic"),
+        state=state,
+        history=history,
+        method=method,
+        options=opts,
+        finite=finite,
+        message=message,
+    )
+
+
+@functools.partial(
+    jax.jit, static_argnames=("method", "options", "graphdef", "n", "sampler_options")
+)
+def _sample(params, key, *, method, options, graphdef, n, sampler_options):
+    model = nnx.merge(graphdef, params)
+    dtype = jax.tree.leaves(params)[0].dtype
+    return METHODS[method].sample(
+        model, options, key, n, dtype, **dict(sampler_options)
+    )
+
+
+def sample(
+    result: TrainResult, key: jax.Array, n: int, **sampler_options: Any
+) -> jax.Array:
+    """Draws ``n`` samples from a trained model.
+
+    Jitted (compiled once per ``n`` and sampler options) and vmappable over
+    ``key``.
+
+    Args:
+      result: the output of :func:`train`.
+      key: PRNG key.
+      n: number of samples.
+      **sampler_options: method-specific options; for ``"ddpm"``:
+        ``sampler="ddpm" | "ddim"``, ``num_steps``, ``eta`` (see
+        :func:`densax.generative.diffusion.sample`).
+
+    Returns:
+      [n, d] samples in the training data's dtype.
+
+    Example:
+      >>> from densax import datasets, generative
+      >>> x = datasets.two_moons(jax.random.key(0), 256)
+      >>> res = generative.train(jax.random.key(1), x, method="sliced",
+      ...                        num_steps=5, batch_size=32, eval_size=0)
+      >>> generative.sample(res, jax.random.key(2), 7).shape
+      (7, 2)
+    """
+    n = _validate.check_int(n, "n", minimum=1)
+    graphdef, params = nnx.split(result.generator, nnx.Param)
+    return _sample(
+        nnx.to_pure_dict(params),
+        key,
+        method=result.method,
+        options=result.options,
+        graphdef=graphdef,
+        n=n,
+        sampler_options=tuple(sorted(sampler_options.items())),
+    )
