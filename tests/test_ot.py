@@ -107,24 +107,6 @@ def test_matches_linear_program_and_coupling_is_optimal(x64, path, p):
     np.testing.assert_allclose((dense * cost).sum(), w**p, **TOL64)
 
 
-def test_host_and_xla_paths_agree(x64, monkeypatch):
-    u, v, a, b = _data(LARGE)
-
-    def run(threshold):
-        monkeypatch.setattr(ot, "_HOST_MIN_SIZE", threshold)
-        ot._wasserstein_1d_pow.clear_cache()
-        w, plan = ot.wasserstein_1d(
-            u, v, u_weights=a, v_weights=b, p=2, return_coupling=True
-        )
-        f = lambda u, v, a, b: ot.wasserstein_1d(u, v, u_weights=a, v_weights=b, p=2)
-        grads = jax.grad(f, argnums=(0, 1, 2, 3))(u, v, a, b)
-        return w, _dense(plan, *LARGE), grads
-
-    host, xla = run(0), run(10**9)
-    ot._wasserstein_1d_pow.clear_cache()
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, **TOL64), host, xla)
-
-
 def test_float32_against_float64_reference():
     u, v, a, b = _data(LARGE)
     for p in (1, 2):
@@ -188,25 +170,27 @@ def test_metric_properties(x, y, z, wx, wy, wz, p):
 # Gradients.
 
 
-@pytest.mark.parametrize("p", [1, 3])
-def test_check_grads(x64, path, p):
-    # Samples well separated (relative to eps) keep the order fixed.
+def test_check_grads(x64, path):
+    # Samples well separated (relative to eps) keep the order fixed. p = 3 and
+    # p = 1 here, p = 2 in the sliced test: the three forms of the cost.
     u, v, a, b = (jnp.asarray(x) for x in _data(SMALL, zeros=False))
-    f = lambda u, v, a, b: ot.wasserstein_1d(u, v, u_weights=a, v_weights=b, p=p)
+    f = lambda u, v, a, b: ot.wasserstein_1d(u, v, u_weights=a, v_weights=b, p=3)
     check_grads(f, (u, v, a, b), order=1, modes=("fwd", "rev"), eps=1e-6)
     # Equal sizes and uniform weights: the sort-only fast path.
-    g = lambda u, v: ot.wasserstein_1d(u, v, p=p)
+    g = lambda u, v: ot.wasserstein_1d(u, v, p=1)
     check_grads(g, (u, jnp.sin(3 * u) + 0.5), order=1, modes=("fwd", "rev"), eps=1e-6)
 
 
 def test_gradient_at_zero_distance_and_ties_is_finite(x64, path):
+    # W = 0 (the root's kink) with ties in the samples and in the CDFs.
+    def f(u, v, w):
+        return ot.wasserstein_1d(u, v, p=3) + ot.wasserstein_1d(
+            u, v, u_weights=w, v_weights=w
+        )
+
     u, w = jnp.array([0.0, 1.0, 1.0, 2.0]), jnp.full(4, 0.25)
-    for p in (1, 3):
-        w1d = functools.partial(ot.wasserstein_1d, p=p)
-        g = jax.grad(w1d, argnums=(0, 1))(u, u)
-        assert all(np.all(np.isfinite(x)) for x in g)
-        g = jax.grad(lambda w, w1d=w1d: w1d(u, u, u_weights=w, v_weights=w))(w)
-        assert np.all(np.isfinite(g))
+    grads = jax.jit(jax.grad(f, argnums=(0, 1, 2)))(u, u, w)
+    assert all(np.all(np.isfinite(g)) for g in grads)
 
 
 def test_weights_need_not_be_normalised(x64):
@@ -399,7 +383,7 @@ def test_sliced_check_grads(x64):
     f = lambda x, a: ot.sliced_wasserstein(
         None, x, y, x_weights=a, projections=theta, p=2
     )
-    check_grads(f, (x, a), order=1, modes=("fwd", "rev"), eps=1e-6)
+    check_grads(f, (x, a), order=1, modes=("rev",), eps=1e-6)
 
 
 def test_sliced_as_a_loss_in_a_jitted_scan():
