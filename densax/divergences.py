@@ -104,22 +104,36 @@ def _pair(p: Any, q: Any, names: tuple[str, str], axis: Any):
     return p, q, axis
 
 
-def _check_probabilities(x: jax.Array, name: str, axis: int, normalize: bool) -> None:
-    """Eager value checks of a probability (or unnormalised) vector."""
-    _validate.check_finite(x, name, True)
-    _validate.value_check(True, jnp.all(x >= 0), f"{name} must be non-negative")
-    if normalize:
-        _validate.value_check(
-            True,
-            jnp.all(jnp.sum(x, axis=axis) > 0),
-            f"{name} must have a positive sum along axis {axis}",
-        )
+def _prepare(p, q, axis, normalize, base, validate, log_space):
+    """Checked (and normalised) ``p``, ``q``, the support axis and ``log(base)``.
 
-
-def _check_log_probabilities(x: jax.Array, name: str) -> None:
-    _validate.value_check(
-        True, ~jnp.any(jnp.isnan(x) | (x == jnp.inf)), f"{name} contains NaN or +inf"
-    )
+    Eager value checks: probabilities finite and non-negative (with a positive
+    sum to normalise), log-probabilities neither NaN nor +inf.
+    """
+    names = ("log_p", "log_q") if log_space else ("p", "q")
+    p, q, axis = _pair(p, q, names, axis)
+    log_base = _log_base(base)
+    if validate and _validate.is_concrete(p, q):
+        for x, name in zip((p, q), names, strict=True):
+            if log_space:
+                bad = jnp.any(jnp.isnan(x) | (x == jnp.inf))
+                _validate.value_check(True, ~bad, f"{name} contains NaN or +inf")
+                continue
+            _validate.check_finite(x, name, True)
+            _validate.value_check(True, jnp.all(x >= 0), f"{name} must be non-negative")
+            if normalize:
+                _validate.value_check(
+                    True,
+                    jnp.all(jnp.sum(x, axis=axis) > 0),
+                    f"{name} must have a positive sum along axis {axis}",
+                )
+    if normalize and log_space:
+        p = p - logsumexp(p, axis=axis, keepdims=True)
+        q = q - logsumexp(q, axis=axis, keepdims=True)
+    elif normalize:
+        p = p / jnp.sum(p, axis=axis, keepdims=True)
+        q = q / jnp.sum(q, axis=axis, keepdims=True)
+    return p, q, axis, log_base
 
 
 # ---------------------------------------------------------------------------
@@ -198,14 +212,7 @@ def kl_divergence(
       >>> float(kl_divergence([0.5, 0.5], [1.0, 0.0]))
       inf
     """
-    p, q, axis = _pair(p, q, ("p", "q"), axis)
-    log_base = _log_base(base)
-    if validate and _validate.is_concrete(p, q):
-        _check_probabilities(p, "p", axis, normalize)
-        _check_probabilities(q, "q", axis, normalize)
-    if normalize:
-        p = p / jnp.sum(p, axis=axis, keepdims=True)
-        q = q / jnp.sum(q, axis=axis, keepdims=True)
+    p, q, axis, log_base = _prepare(p, q, axis, normalize, base, validate, False)
     return _finish(jnp.sum(_x_log_ratio(p, q), axis=axis), log_base)
 
 
@@ -247,14 +254,7 @@ def js_divergence(
       >>> round(float(js_divergence([1.0, 0.0], [0.0, 1.0], base=2)), 4)
       1.0
     """
-    p, q, axis = _pair(p, q, ("p", "q"), axis)
-    log_base = _log_base(base)
-    if validate and _validate.is_concrete(p, q):
-        _check_probabilities(p, "p", axis, normalize)
-        _check_probabilities(q, "q", axis, normalize)
-    if normalize:
-        p = p / jnp.sum(p, axis=axis, keepdims=True)
-        q = q / jnp.sum(q, axis=axis, keepdims=True)
+    p, q, axis, log_base = _prepare(p, q, axis, normalize, base, validate, False)
     m = (p + q) / 2
     terms = _x_log_ratio(p, m) + _x_log_ratio(q, m)
     return _js_finish(jnp.sum(terms, axis=axis) / 2, log_base)
@@ -296,14 +296,9 @@ def kl_divergence_from_log(
       >>> round(float(kl_divergence_from_log(log_p, log_q)), 4)
       0.5108
     """
-    log_p, log_q, axis = _pair(log_p, log_q, ("log_p", "log_q"), axis)
-    log_base = _log_base(base)
-    if validate and _validate.is_concrete(log_p, log_q):
-        _check_log_probabilities(log_p, "log_p")
-        _check_log_probabilities(log_q, "log_q")
-    if normalize:
-        log_p = log_p - logsumexp(log_p, axis=axis, keepdims=True)
-        log_q = log_q - logsumexp(log_q, axis=axis, keepdims=True)
+    log_p, log_q, axis, log_base = _prepare(
+        log_p, log_q, axis, normalize, base, validate, True
+    )
     return _finish(jnp.sum(_exp_log_ratio(log_p, log_q), axis=axis), log_base)
 
 
@@ -342,14 +337,9 @@ def js_divergence_from_log(
       >>> round(float(js_divergence_from_log(log_p, log_q)), 4)
       0.6931
     """
-    log_p, log_q, axis = _pair(log_p, log_q, ("log_p", "log_q"), axis)
-    log_base = _log_base(base)
-    if validate and _validate.is_concrete(log_p, log_q):
-        _check_log_probabilities(log_p, "log_p")
-        _check_log_probabilities(log_q, "log_q")
-    if normalize:
-        log_p = log_p - logsumexp(log_p, axis=axis, keepdims=True)
-        log_q = log_q - logsumexp(log_q, axis=axis, keepdims=True)
+    log_p, log_q, axis, log_base = _prepare(
+        log_p, log_q, axis, normalize, base, validate, True
+    )
     # Where both are -inf, logaddexp's derivative is NaN: evaluate it elsewhere.
     both = (log_p == -jnp.inf) & (log_q == -jnp.inf)
     log_sum = jnp.logaddexp(jnp.where(both, 0, log_p), jnp.where(both, 0, log_q))
@@ -416,38 +406,28 @@ def kl_gaussian(
         _validate.as_float(x, name, dtype=dtype)
         for x, name in zip(args, names, strict=True)
     )
-    d = None
-    for mean, cov, mname, cname in (
-        (mean_p, cov_p, *names[:2]),
-        (mean_q, cov_q, *names[2:]),
-    ):
-        if mean.ndim < 1:
-            raise ValueError(f"{mname} must have shape [..., d], got {mean.shape}")
-        if cov.ndim < 2 or cov.shape[-1] != cov.shape[-2]:
-            raise ValueError(f"{cname} must have shape [..., d, d], got {cov.shape}")
-        if cov.shape[-1] != mean.shape[-1] or (d is not None and d != mean.shape[-1]):
-            raise ValueError(
-                "means and covariances must share the dimension d, got shapes "
-                f"{mean_p.shape}, {cov_p.shape}, {mean_q.shape}, {cov_q.shape}"
-            )
-        d = mean.shape[-1]
+    shapes = f"{mean_p.shape}, {cov_p.shape}, {mean_q.shape}, {cov_q.shape}"
+    arrays = (mean_p, cov_p, mean_q, cov_q)
+    for x, name, rank in zip(arrays, names, (1, 2, 1, 2), strict=True):
+        if x.ndim < rank or (rank == 2 and x.shape[-1] != x.shape[-2]):
+            want = "[..., d]" if rank == 1 else "[..., d, d]"
+            raise ValueError(f"{name} must have shape {want}, got {x.shape}")
+    d = mean_p.shape[-1]
+    if {mean_q.shape[-1], cov_p.shape[-1], cov_q.shape[-1]} != {d}:
+        raise ValueError(
+            f"means and covariances must share the dimension d, got {shapes}"
+        )
     try:
         batch = jnp.broadcast_shapes(
             mean_p.shape[:-1], cov_p.shape[:-2], mean_q.shape[:-1], cov_q.shape[:-2]
         )
     except ValueError as err:
-        raise ValueError(
-            "the batch shapes of the means and covariances do not broadcast, got "
-            f"{mean_p.shape}, {cov_p.shape}, {mean_q.shape}, {cov_q.shape}"
-        ) from err
+        raise ValueError(f"the batch shapes do not broadcast: {shapes}") from err
     if validate and _validate.is_concrete(*args):
         for cov, name in ((cov_p, "cov_p"), (cov_q, "cov_q")):
             _validate.check_finite(cov, name, True)
-            _validate.value_check(
-                True,
-                jnp.all(jnp.isfinite(jnp.linalg.cholesky(cov))),
-                f"{name} is not positive definite",
-            )
+            chol_ok = jnp.all(jnp.isfinite(jnp.linalg.cholesky(cov)))
+            _validate.value_check(True, chol_ok, f"{name} is not positive definite")
     mean_p, mean_q = (jnp.broadcast_to(m, (*batch, d)) for m in (mean_p, mean_q))
     cov_p, cov_q = (jnp.broadcast_to(c, (*batch, d, d)) for c in (cov_p, cov_q))
     return _kl_gaussian(mean_p, cov_p, mean_q, cov_q)
