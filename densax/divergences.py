@@ -4,9 +4,10 @@ Discrete distributions (probability vectors, or their logarithms) get exact
 sums; Gaussians get the closed form; any two densities with a sampler get a
 Monte Carlo estimate with its standard error.
 
-Conventions: ``0 log 0 = 0``; ``KL(p || q) = +inf`` where ``q = 0 < p``, with
-finite (or infinite, never NaN) derivatives; ``0 <= JS <= log 2``; natural
-logarithms unless ``base`` is given.
+Conventions: ``0 log 0 = 0``; ``KL(p || q) = +inf`` where ``q = 0 < p`` (such
+a term gets a zero derivative, so that gradients elsewhere in a batch stay
+finite rather than NaN); ``0 <= JS <= log 2``; natural logarithms unless
+``base`` is given. NaN inputs give NaN results, batch element by batch element.
 
 References:
   Cover, T. M. and Thomas, J. A. (2006). Elements of Information Theory, 2nd
