@@ -136,6 +136,25 @@ def test_matrix_bandwidth_matches_scipy_mixture(x64, points):
         )
 
 
+def test_gaussian_matmul_path_high_dimension(dtype):
+    # d > 8: the gaussian's squared distances come from a matmul on centred
+    # data; float64 stays exact, float32 loses eps * |x - mean|^2 / h^2.
+    rng = np.random.default_rng(11)
+    data = rng.standard_normal((150, 10))
+    x = np.concatenate([rng.standard_normal((30, 10)), data[:5]])
+    h = 150 ** (-1 / 14)  # Scott's factor for whitened data
+    out = kde.log_density(x.astype(dtype), data.astype(dtype), h)
+    assert out.dtype == dtype
+    ref = _brute_force(x, data, h, "gaussian")
+    # float32: the distances' error is <= 4 eps max |x - mean|^2 / h^2, with
+    # max |x - mean|^2 / h^2 = 33 here: 1.6e-5 (2.5e-6 observed).
+    atol = 2e-5 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(out, ref, rtol=0, atol=atol)
+    if dtype == np.float64:
+        f = jax.jit(lambda x, data, h: jnp.sum(jnp.sin(kde.log_density(x, data, h))))
+        check_grads(f, (x[:4], data[:20], h), order=1, modes=("fwd", "rev"))
+
+
 @pytest.mark.parametrize("kernel", ["gaussian", "exponential"])
 def test_far_queries_are_finite_and_exact(dtype, kernel):
     data = np.array([[0.0, 0.0], [0.5, -0.2], [1.0, 0.3]])
@@ -224,7 +243,7 @@ def test_check_grads_gaussian(x64, points):
         matrix = kde.log_density(x, data, 0.5 * (cov + cov.T), weights=w)
         return jnp.sum(jnp.sin(scalar)) + jnp.sum(jnp.cos(matrix))
 
-    check_grads(f, (x, data, 0.6, w, cov), order=1, modes=("fwd", "rev"))
+    check_grads(jax.jit(f), (x, data, 0.6, w, cov), order=1, modes=("fwd", "rev"))
 
 
 @pytest.mark.parametrize(
@@ -241,7 +260,7 @@ def test_check_grads_other_kernels(x64, kernel):
     def f(x, data, h, w):
         return jnp.sum(jnp.sin(kde.log_density(x, data, h, kernel=kernel, weights=w)))
 
-    check_grads(f, (x, data, 1.3, w), order=1, modes=("fwd", "rev"), eps=1e-6)
+    check_grads(jax.jit(f), (x, data, 1.3, w), order=1, modes=("fwd", "rev"), eps=1e-6)
 
 
 def test_gaussian_score_closed_form(x64, points):
