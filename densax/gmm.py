@@ -35,8 +35,8 @@ accurate to rounding in either dtype.
 
 Degenerate cases. ``reg_covar`` is added to every covariance's diagonal, as in
 scikit-learn. A component that loses all its points keeps a weight of about
-``10 eps / n``, mean at the data mean, covariance ``reg_covar I``, and stays
-finite. Variances of ``diag``/``spherical`` components are clipped at zero
+``10 eps / n``, mean 0 and covariance ``reg_covar I`` (as in scikit-learn),
+and stays finite. Variances of ``diag``/``spherical`` components are clipped at zero
 before ``reg_covar`` is added (rounding can make ``E[x^2] - mu^2`` slightly
 negative). A ``full``/``tied`` covariance whose Cholesky factorisation fails
 after ``reg_covar`` (only through rounding, e.g. a float32 component collapsed
@@ -101,6 +101,8 @@ INIT_METHODS = ("kmeans", "kmeans++", "random", "random_from_data")
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 _LLOYD_ITERATIONS = 10  # Lloyd iterations of the "kmeans" initialisation
+_MAX_CELLS = 64  # at most this many cells with their own coordinates
+_PARTITION_SAMPLE = 1024  # the cells are seeded on about this many samples
 _LOG_2PI = math.log(2 * math.pi)
 
 
@@ -371,10 +373,12 @@ def init(
             covariance_type,
             validate=validate,
         )
+    blocks = _blocks_for(x, w, k, covariance_type, axis_name)
     params = _init(
         key,
         x,
         w,
+        blocks,
         reg_covar,
         n_components=k,
         covariance_type=covariance_type,
@@ -397,38 +401,53 @@ def init(
     jax.jit,
     static_argnames=("n_components", "covariance_type", "method", "axis_name"),
 )
-def _init(key, x, w, reg_covar, *, n_components, covariance_type, method, axis_name):
-    shift = _weighted_mean(x, w, axis_name)
-    xc = x - shift
-    params = _init_centred(
-        key, xc, w, reg_covar, n_components, covariance_type, method, axis_name
+def _init(
+    key, x, w, blocks, reg_covar, *, n_components, covariance_type, method, axis_name
+):
+    return _initial_params(
+        key, x, w, blocks, reg_covar, n_components, covariance_type, method, axis_name
     )
-    return _translate(params, shift)
 
 
-def _init_centred(key, xc, w, reg_covar, k, covariance_type, method, axis_name):
-    """Initial parameters in the frame of centred data ``xc``."""
-    if axis_name is not None:
-        xc = jax.lax.all_gather(xc, axis_name, tiled=True, to="invarying")
-        w = jax.lax.all_gather(w, axis_name, tiled=True, to="invarying")
-    n = xc.shape[0]
-    if n < k:
-        raise ValueError(f"n_components={k} must be <= the number of samples {n}")
+def _initial_params(
+    key, x, w, blocks, reg_covar, k, covariance_type, method, axis_name
+):
+    """The M-step of the initial responsibilities of ``method``."""
+    n = x.shape[0]
+    n_total = n if axis_name is None else n * jax.lax.axis_size(axis_name)
+    if n_total < k:
+        raise ValueError(f"n_components={k} must be <= the number of samples {n_total}")
     if method == "random":
-        resp = jax.random.uniform(key, (n, k), xc.dtype)
+        # The same numbers for a sample whether or not the data are sharded.
+        resp = jax.random.uniform(key, (n_total, k), x.dtype)
+        if axis_name is not None:
+            offset = jax.lax.axis_index(axis_name) * n
+            resp = jax.lax.dynamic_slice_in_dim(resp, offset, n)
         resp = resp / jnp.sum(resp, axis=1, keepdims=True)
     else:
+        xg, wg = _gather((x, w), axis_name)  # seeding needs every sample
+        centre = jnp.matmul(wg, xg, precision=_HIGHEST) / jnp.sum(wg)
+        xg = xg - centre  # centred: precise squared distances
         if method == "random_from_data":
-            idx = jax.random.choice(key, n, (k,), replace=False, p=w / jnp.sum(w))
-            centres = xc[idx]
+            idx = jax.random.choice(
+                key, n_total, (k,), replace=False, p=wg / jnp.sum(wg)
+            )
+            centres = xg[idx]
         else:
-            centres = _kmeans_plusplus(key, xc, w, k)
+            centres = _kmeans_plusplus(key, xg, wg, k)
         if method == "kmeans":
-            centres = _lloyd(xc, w, centres)
-        labels = jnp.argmin(_sq_distances(centres, xc), axis=0)
-        resp = jax.nn.one_hot(labels, k, dtype=xc.dtype)
-    stats = _statistics(_features(xc, covariance_type), resp, w, None)
-    return _params_from_statistics(stats, reg_covar, covariance_type, xc.shape[1])
+            centres = _lloyd(xg, wg, centres)
+        labels = jnp.argmin(_sq_distances(centres, x - centre), axis=0)
+        resp = jax.nn.one_hot(labels, k, dtype=x.dtype)
+    resp = _to_blocks(resp, blocks.position, blocks.w.shape)
+    return _m_step_blocks(blocks, resp, reg_covar, covariance_type, axis_name)
+
+
+def _gather(tree, axis_name):
+    """Every shard's rows (invariant across the mapped axis), or ``tree`` itself."""
+    if axis_name is None:
+        return tree
+    return jax.lax.all_gather(tree, axis_name, tiled=True, to="invarying")
 
 
 def _sq_distances(centres, x):
@@ -470,141 +489,297 @@ def _sample_index(u, mass):
 
     Args:
       u: [m] uniform numbers in [0, 1).
-      mass: [n] non-negative masses with a positive sum.
+      mass: [n] non-negative masses.
     """
     cdf = jnp.cumsum(mass)
     index = jnp.searchsorted(cdf, u * cdf[-1], side="right", method="compare_all")
     return jnp.minimum(index, mass.shape[0] - 1)
 
 
-def _lloyd(x, w, centres):
+def _lloyd(x, w, centres, axis_name=None):
     """Weighted Lloyd iterations; an emptied cluster keeps its centre."""
 
     def step(_, centres):
         labels = jnp.argmin(_sq_distances(centres, x), axis=0)
         onehot = jax.nn.one_hot(labels, centres.shape[0], dtype=x.dtype) * w[:, None]
-        counts = jnp.sum(onehot, axis=0)[:, None]
-        sums = jnp.matmul(onehot.T, x, precision=_HIGHEST)
+        counts = _psum(jnp.sum(onehot, axis=0), axis_name)[:, None]
+        sums = _psum(jnp.matmul(onehot.T, x, precision=_HIGHEST), axis_name)
         return jnp.where(counts > 0, sums / jnp.where(counts > 0, counts, 1), centres)
 
     return jax.lax.fori_loop(0, _LLOYD_ITERATIONS, step, centres)
 
 
-# ------------------------------------------------- the EM step on features
+# ------------------------------------------- the EM step on blocked features
 
 
-def _features(xc, covariance_type):
-    """The feature block ``[1, x, quadratic terms]`` [n, F] of centred samples."""
+class _Blocks(NamedTuple):
+    """The samples, cut into cells with their own coordinates, laid out in blocks.
+
+    Sample x of cell c has local coordinates ``z = L_c^-1 (x - frame_c)``:
+    relative to the cell's mean and, for full/tied covariances, whitened by
+    the cell's covariance (``L_c`` its Cholesky factor). Every block of B rows
+    holds samples of one cell; padding rows have weight zero.
+    """
+
+    phi: jax.Array  # [NB, B, F]: features [1, z, quadratic terms of z]
+    w: jax.Array  # [NB, B]: sample weights, 0 on padding rows
+    group: jax.Array  # [NB] int32: the cell of each block
+    frames: jax.Array  # [G, d]: the origin of each cell
+    scales: jax.Array | None  # [G, d, d] lower-triangular L_c (full/tied only)
+    position: jax.Array  # [n] int32: the row of each sample in the flat blocks
+
+
+@functools.partial(jax.jit, static_argnames=("n_cells", "covariance_type", "axis_name"))
+def _blocks(x, w, *, n_cells, covariance_type, axis_name):
+    """Cuts the samples into cells and builds their features, once per fit."""
+    n, g = x.shape[0], n_cells
+    labels, frames, scales = _partition(x, w, g, covariance_type, axis_name)
+    size = _block_size(n, g)
+    n_blocks = -(-n // size) + g  # each cell wastes less than one block
+    # Cell c occupies the blocks from start[c] / size on, in label order.
+    counts = jnp.bincount(labels, length=g)
+    blocks_per_cell = (counts + size - 1) // size
+    start = (jnp.cumsum(blocks_per_cell) - blocks_per_cell) * size
+    order = jnp.argsort(labels, stable=True)
+    sorted_labels = labels[order]
+    rank = jnp.arange(n) - (jnp.cumsum(counts) - counts)[sorted_labels]
+    position = (
+        jnp.zeros(n, jnp.int32)
+        .at[order]
+        .set((start[sorted_labels] + rank).astype(jnp.int32))
+    )
+    group = jnp.searchsorted(
+        jnp.cumsum(blocks_per_cell), jnp.arange(n_blocks), side="right"
+    )
+    group = jnp.minimum(group, g - 1).astype(jnp.int32)
+    shape = (n_blocks, size)
+    z = _to_blocks(x - frames[labels], position, shape)
+    if scales is not None:
+        inverse = _inverse_transpose(scales).swapaxes(-1, -2)  # L_c^-1
+        z = jnp.einsum("bnd,bed->bne", z, inverse[group], precision=_HIGHEST)
+    phi = jnp.concatenate(
+        [jnp.ones_like(z[..., :1]), z, _quadratic_features(z, covariance_type)], -1
+    )
+    w = _to_blocks(w, position, shape)
+    return _Blocks(phi, w, group, frames, scales, position)
+
+
+def _blocks_for(x, w, n_components, covariance_type, axis_name):
+    """The blocked data for a mixture of ``n_components`` (2 K cells, at most 64)."""
+    n_cells = min(2 * n_components, _MAX_CELLS)
+    return _blocks(
+        x, w, n_cells=n_cells, covariance_type=covariance_type, axis_name=axis_name
+    )
+
+
+def _partition(x, w, g, covariance_type, axis_name):
+    """Cells of the data (k-means), with their means and covariance factors.
+
+    The cells depend on the data only: seeded by k-means++ on a subsample,
+    refined by Lloyd iterations. They are a choice of coordinates, which the
+    results do not depend on (up to rounding): no gradient flows through them.
+
+    Returns:
+      ``(labels, frames, scales)``: [n] the cell of each sample, [g, d] the
+      cells' weighted means, [g, d, d] the Cholesky factors of the cells'
+      covariances (full/tied; ``None`` otherwise).
+    """
+    x_, w_ = jax.lax.stop_gradient((x, w))
+    stride = max(1, x.shape[0] // _PARTITION_SAMPLE)
+    xs, ws = _gather((x_[::stride], w_[::stride]), axis_name)
+    centre = jnp.mean(xs, axis=0)  # distances in centred coordinates
+    xc = x_ - centre
+    seeds = _kmeans_plusplus(jax.random.key(0), xs - centre, ws, g)
+    seeds = _lloyd(xc, w_, seeds, axis_name)
+    labels = jnp.argmin(_sq_distances(seeds, xc), axis=0)
+    counts = _psum(jax.ops.segment_sum(w_, labels, g), axis_name)
+    sums = _psum(jax.ops.segment_sum(w_[:, None] * xc, labels, g), axis_name)
+    full = counts > 0
+    frames = jnp.where(full[:, None], sums / jnp.where(full, counts, 1)[:, None], seeds)
+    if covariance_type not in ("full", "tied"):
+        return labels, frames + centre, None
+    local = xc - frames[labels]
+    quad = _quadratic_features(local, "full") * w_[:, None]
+    second = _psum(jax.ops.segment_sum(quad, labels, g), axis_name)
+    d = x.shape[1]
+    cov = second[:, _symmetric_index(d)] / jnp.where(full, counts, 1)[:, None, None]
+    # Regularised so that a cell of identical samples still has a factor.
+    trace = jnp.trace(cov, axis1=-2, axis2=-1)
+    jitter = jnp.where(trace > 0, 1e-6 * trace / d, 1.0)
+    scales = jnp.linalg.cholesky(
+        cov + jitter[:, None, None] * jnp.eye(d, dtype=x.dtype)
+    )
+    return labels, frames + centre, scales
+
+
+def _block_size(n, g):
+    """Rows per block: a power of two in [8, 1024], about n / (8 g)."""
+    target = min(max(n // (8 * g), 8), 1024)
+    return 1 << (target.bit_length() - 1)
+
+
+def _to_blocks(values, position, shape):
+    """[n, ...] per-sample values to the block layout ``shape + ...`` (zero padding)."""
+    flat = jnp.zeros((shape[0] * shape[1], *values.shape[1:]), values.dtype)
+    return flat.at[position].set(values).reshape(*shape, *values.shape[1:])
+
+
+def _from_blocks(values, blocks):
+    """Block layout [NB, B, ...] back to per-sample values [n, ...]."""
+    return values.reshape(-1, *values.shape[2:])[blocks.position]
+
+
+def _quadratic_features(z, covariance_type):
+    """The quadratic terms [..., Fq] of the expanded Gaussian log-density."""
+    d = z.shape[-1]
     if covariance_type in ("full", "tied"):
-        # x_i x_j for i <= j, row-major: the order of np.triu_indices.
-        quad = [xc[:, i : i + 1] * xc[:, i:] for i in range(xc.shape[1])]
-    elif covariance_type == "diag":
-        quad = [xc * xc]
-    else:
-        quad = [jnp.sum(xc * xc, axis=1, keepdims=True)]
-    return jnp.concatenate([jnp.ones_like(xc[:, :1]), xc, *quad], axis=1)
+        # z_i z_j for i <= j, row-major: the order of np.triu_indices.
+        return jnp.concatenate([z[..., i : i + 1] * z[..., i:] for i in range(d)], -1)
+    if covariance_type == "diag":
+        return z * z
+    return jnp.sum(z * z, axis=-1, keepdims=True)
 
 
-def _coefficients(params):
-    """[F, K] such that ``features(x) @ coefficients`` = log w_k + log N(x|k)."""
-    ct = params.covariance_type
-    mu, prec_chol = params.means, params.precisions_cholesky
-    k, d = mu.shape
+def _coefficients(params, frames, scales):
+    """[G, F, K] such that ``phi(z) @ coef[c]`` = log w_k + log N(x | k).
+
+    For a sample x of cell c with local coordinates ``z = L_c^-1 (x - frame_c)``:
+    with ``t = U_k^T (mu_k - frame_c)`` and ``V = U_k^T L_c``,
+    ``|U_k^T (x - mu_k)|^2 = z^T V^T V z - 2 t^T V z + |t|^2``.
+    """
+    ct, prec_chol = params.covariance_type, params.precisions_cholesky
+    k, d = params.means.shape
+    g = frames.shape[0]
+    delta = params.means[None] - frames[:, None]  # [G, K, d]
     if ct in ("full", "tied"):
         iu, ju = np.triu_indices(d)
-        # x_i x_j appears twice in the quadratic form for i != j.
-        off = np.where(iu == ju, 1.0, 2.0).astype(mu.dtype)
+        # z_i z_j appears twice in the quadratic form for i != j.
+        off = np.where(iu == ju, 1.0, 2.0).astype(delta.dtype)
         if ct == "full":
-            ut_mu = jnp.einsum("kij,ki->kj", prec_chol, mu, precision=_HIGHEST)
-            lin = jnp.einsum("kij,kj->ki", prec_chol, ut_mu, precision=_HIGHEST)
-            prec = jnp.einsum("kij,klj->kil", prec_chol, prec_chol, precision=_HIGHEST)
-            quad = -0.5 * off * prec[:, iu, ju]
+            t = jnp.einsum("kij,gki->gkj", prec_chol, delta, precision=_HIGHEST)
+            v = jnp.einsum("kij,gil->gkjl", prec_chol, scales, precision=_HIGHEST)
             half_log_det = jnp.sum(jnp.log(jnp.diagonal(prec_chol, 0, -2, -1)), -1)
         else:
-            ut_mu = jnp.matmul(mu, prec_chol, precision=_HIGHEST)
-            lin = jnp.matmul(ut_mu, prec_chol.T, precision=_HIGHEST)
-            prec = jnp.matmul(prec_chol, prec_chol.T, precision=_HIGHEST)
-            quad = jnp.broadcast_to(-0.5 * off * prec[iu, ju], (k, iu.size))
+            t = jnp.matmul(delta, prec_chol, precision=_HIGHEST)
+            v = jnp.einsum("ij,gil->gjl", prec_chol, scales, precision=_HIGHEST)
+            v = jnp.broadcast_to(v[:, None], (g, k, d, d))
             half_log_det = jnp.sum(jnp.log(jnp.diagonal(prec_chol)))
-        mu_prec_mu = jnp.sum(ut_mu**2, axis=-1)
+        lin = jnp.einsum("gkji,gkj->gki", v, t, precision=_HIGHEST)
+        prec = jnp.einsum("gkji,gkjl->gkil", v, v, precision=_HIGHEST)
+        quad = -0.5 * off * prec[..., iu, ju]
+        t_prec_t = jnp.sum(t * t, axis=-1)
     elif ct == "diag":
         prec = prec_chol**2
-        lin = prec * mu
-        quad = -0.5 * prec
+        lin = prec * delta
+        quad = jnp.broadcast_to(-0.5 * prec, (g, k, d))
         half_log_det = jnp.sum(jnp.log(prec_chol), axis=-1)
-        mu_prec_mu = jnp.sum(lin * mu, axis=-1)
+        t_prec_t = jnp.sum(lin * delta, axis=-1)
     else:
         prec = prec_chol**2
-        lin = prec[:, None] * mu
-        quad = -0.5 * prec[:, None]
+        lin = prec[:, None] * delta
+        quad = jnp.broadcast_to(-0.5 * prec[:, None], (g, k, 1))
         half_log_det = d * jnp.log(prec_chol)
-        mu_prec_mu = prec * jnp.sum(mu * mu, axis=-1)
-    const = (
-        jnp.log(params.weights) + half_log_det - 0.5 * d * _LOG_2PI - 0.5 * mu_prec_mu
+        t_prec_t = prec * jnp.sum(delta * delta, axis=-1)
+    const = jnp.log(params.weights) + half_log_det - 0.5 * (d * _LOG_2PI + t_prec_t)
+    coef = jnp.concatenate([const[..., None], lin, quad], axis=-1)  # [G, K, F]
+    return coef.swapaxes(-1, -2)
+
+
+def _e_step_blocks(blocks, params, axis_name):
+    """Log-responsibilities [NB, B, K] and the weighted mean log-likelihood."""
+    coef = _coefficients(params, blocks.frames, blocks.scales)[blocks.group]
+    log_prob = jnp.einsum("bnf,bfk->bnk", blocks.phi, coef, precision=_HIGHEST)
+    log_norm = logsumexp(log_prob, axis=-1)
+    total = _psum(jnp.sum(blocks.w * log_norm), axis_name)
+    ll = total / _psum(jnp.sum(blocks.w), axis_name)
+    return log_prob - log_norm[..., None], ll
+
+
+def _m_step_blocks(blocks, resp, reg_covar, covariance_type, axis_name):
+    """The M-step from responsibilities [NB, B, K] in the block layout."""
+    rw = resp * blocks.w[..., None]
+    stats = jnp.einsum("bnk,bnf->bkf", rw, blocks.phi, precision=_HIGHEST)
+    stats = jax.ops.segment_sum(stats, blocks.group, blocks.frames.shape[0])
+    return _params_from_statistics(
+        _psum(stats, axis_name), blocks, reg_covar, covariance_type
     )
-    return jnp.concatenate([const[:, None], lin, quad], axis=1).T
 
 
-def _e_step_features(phi, coef, w, axis_name):
-    """Log-responsibilities [n, K] and the weighted mean log-likelihood."""
-    log_prob = jnp.matmul(phi, coef, precision=_HIGHEST)
-    log_norm = logsumexp(log_prob, axis=1)
-    ll = _psum(jnp.dot(w, log_norm), axis_name) / _psum(jnp.sum(w), axis_name)
-    return log_prob - log_norm[:, None], ll
+def _params_from_statistics(stats, blocks, reg_covar, covariance_type):
+    """The closed-form M-step from per-cell sufficient statistics.
 
+    With ``R_ck``, ``m_ck`` and ``Q_ck`` the sums over cell c of ``r w``,
+    ``r w (x - frame_c)`` and ``r w (x - frame_c)(x - frame_c)^T`` (``L_c``
+    times those of z), the scatter about the new mean ``mu_k`` is
+    ``sum_c Q_ck - m_ck d_ck^T - d_ck m_ck^T + R_ck d_ck d_ck^T`` with
+    ``d_ck = mu_k - frame_c``: exact algebra, in which every term is small
+    when the cells are compact, wherever they lie.
 
-def _statistics(phi, resp, w, axis_name):
-    """[K, F] weighted sums of the features per component (psum-ed over shards)."""
-    stats = jnp.matmul((resp * w[:, None]).T, phi, precision=_HIGHEST)
-    return _psum(stats, axis_name)
-
-
-def _params_from_statistics(stats, reg_covar, covariance_type, d):
-    """The M-step: closed-form parameters from the [K, F] sufficient statistics."""
+    Args:
+      stats: [G, K, F] per cell and component, sums of r w phi(z).
+      blocks: the blocked data (for the cells' frames and scales).
+      reg_covar: added to the covariances' diagonal.
+      covariance_type: one of COVARIANCE_TYPES.
+    """
+    frames, scales = blocks.frames, blocks.scales
+    d = frames.shape[1]
     eps = jnp.finfo(stats.dtype).eps
-    nk = stats[:, 0] + 10 * eps  # as scikit-learn: no division by zero
-    means = stats[:, 1 : d + 1] / nk[:, None]
-    quad = stats[:, d + 1 :]
-    eye = jnp.eye(d, dtype=stats.dtype)
-    if covariance_type == "full":
-        second = quad[:, _symmetric_index(d)] / nk[:, None, None]  # E_k[x x^T]
-        cov = second - means[:, :, None] * means[:, None, :] + reg_covar * eye
-        cov, prec_chol = _rescued_cholesky(cov, second)
-    elif covariance_type == "tied":
-        second = jnp.sum(quad, axis=0)[_symmetric_index(d)] / jnp.sum(nk)
-        outer = jnp.einsum("k,ki,kj->ij", nk, means, means, precision=_HIGHEST)
-        cov = second - outer / jnp.sum(nk) + reg_covar * eye
-        cov, prec_chol = _rescued_cholesky(cov, second)
-    elif covariance_type == "diag":
-        cov = jnp.maximum(quad / nk[:, None] - means**2, 0) + reg_covar
-        prec_chol = jax.lax.rsqrt(cov)
+    r, m, q = stats[..., 0], stats[..., 1 : d + 1], stats[..., d + 1 :]
+    if scales is not None:  # back from whitened to data coordinates
+        m = jnp.einsum("cij,ckj->cki", scales, m, precision=_HIGHEST)
+        q = q[..., _symmetric_index(d)]
+        q = jnp.einsum("cij,ckjl,cml->ckim", scales, q, scales, precision=_HIGHEST)
+    nk = jnp.sum(r, axis=0) + 10 * eps  # as scikit-learn: no division by zero
+    means = (jnp.sum(m, axis=0) + jnp.einsum("ck,cd->kd", r, frames)) / nk[:, None]
+    delta = means[None] - frames[:, None]  # [G, K, d]
+    if covariance_type in ("full", "tied"):
+        md = jnp.einsum("cki,ckj->kij", m, delta, precision=_HIGHEST)
+        rdd = jnp.einsum("ck,cki,ckj->kij", r, delta, delta, precision=_HIGHEST)
+        scatter = jnp.sum(q, axis=0) - md - md.swapaxes(-1, -2) + rdd
+        # The size of the terms: the rounding level, for a failed factorisation.
+        size = jnp.einsum("ckii->k", q) + jnp.einsum("ck,ckd->k", r, delta**2)
+        if covariance_type == "tied":
+            scatter, size, total = jnp.sum(scatter, 0), jnp.sum(size), jnp.sum(nk)
+        else:
+            size, total = size[:, None, None], nk[:, None, None]
+        cov = scatter / total + reg_covar * jnp.eye(d, dtype=stats.dtype)
+        cov, prec_chol = _rescued_cholesky(cov, d * eps * size / total)
     else:
-        var = (quad[:, 0] / nk - jnp.sum(means**2, axis=1)) / d
-        cov = jnp.maximum(var, 0) + reg_covar
+        sq = jnp.sum(2 * m * delta - r[..., None] * delta**2, axis=0)
+        if covariance_type == "diag":
+            scatter = jnp.sum(q, axis=0) - sq
+            # Rounding can make a vanishing variance slightly negative: clip.
+            cov = jnp.maximum(scatter / nk[:, None], 0) + reg_covar
+        else:
+            scatter = jnp.sum(q[..., 0], axis=0) - jnp.sum(sq, axis=-1)
+            cov = jnp.maximum(scatter / (d * nk), 0) + reg_covar
         prec_chol = jax.lax.rsqrt(cov)
     weights = nk / jnp.sum(nk)
     return GMMParams(weights, means, cov, prec_chol, covariance_type)
 
 
-def _rescued_cholesky(cov, second):
-    """Precision Cholesky factors; a failed factorisation gets a rounding jitter."""
-    d = cov.shape[-1]
-    eye = jnp.eye(d, dtype=cov.dtype)
+def _rescued_cholesky(cov, jitter):
+    """Precision Cholesky factors, ``jitter`` added where the factorisation fails.
+
+    ``jitter`` is the rounding level of the statistics the covariance is made of.
+    """
     failed = ~jnp.all(
-        jnp.isfinite(jnp.linalg.cholesky(jax.lax.stop_gradient(cov))), axis=(-2, -1)
+        jnp.isfinite(jnp.linalg.cholesky(jax.lax.stop_gradient(cov))),
+        axis=(-2, -1),
+        keepdims=True,
     )
-    trace = jnp.trace(jax.lax.stop_gradient(second), axis1=-2, axis2=-1)
-    jitter = jnp.where(failed, d * jnp.finfo(cov.dtype).eps * trace, 0)
-    cov = cov + jitter[..., None, None] * eye
+    eye = jnp.eye(cov.shape[-1], dtype=cov.dtype)
+    cov = cov + jnp.where(failed, jax.lax.stop_gradient(jitter), 0) * eye
     return cov, _inverse_transpose(jnp.linalg.cholesky(cov))
 
 
-def _em_iteration(phi, w, params, reg_covar, axis_name):
-    """One EM iteration on features: (new params, mean log-likelihood of params)."""
-    log_resp, ll = _e_step_features(phi, _coefficients(params), w, axis_name)
-    stats = _statistics(phi, jnp.exp(log_resp), w, axis_name)
-    d = params.means.shape[1]
-    return _params_from_statistics(stats, reg_covar, params.covariance_type, d), ll
+def _em_iteration(blocks, params, reg_covar, axis_name):
+    """One EM iteration: (new params, mean log-likelihood of ``params``)."""
+    log_resp, ll = _e_step_blocks(blocks, params, axis_name)
+    new = _m_step_blocks(
+        blocks, jnp.exp(log_resp), reg_covar, params.covariance_type, axis_name
+    )
+    return new, ll
 
 
 @functools.cache
@@ -650,16 +825,16 @@ def e_step(
       ((50, 3), True)
     """
     params, x, w = _check_params_data(params, x, sample_weight, validate)
-    return _e_step(params, x, w, axis_name=axis_name)
+    blocks = _blocks_for(
+        x, w, params.weights.shape[0], params.covariance_type, axis_name
+    )
+    log_resp, ll = _e_step(params, blocks, axis_name=axis_name)
+    return _from_blocks(log_resp, blocks), ll
 
 
 @functools.partial(jax.jit, static_argnames=("axis_name",))
-def _e_step(params, x, w, *, axis_name):
-    shift = _weighted_mean(x, w, axis_name)
-    phi = _features(x - shift, params.covariance_type)
-    return _e_step_features(
-        phi, _coefficients(_translate(params, -shift)), w, axis_name
-    )
+def _e_step(params, blocks, *, axis_name):
+    return _e_step_blocks(blocks, params, axis_name)
 
 
 def m_step(
@@ -709,18 +884,21 @@ def m_step(
             f"got shape {log_resp.shape}"
         )
     reg_covar = _check_nonnegative(reg_covar, "reg_covar", x.dtype)
+    k = log_resp.shape[1]
+    blocks = _blocks_for(x, w, k, covariance_type, axis_name)
     return _m_step(
-        x, log_resp, w, reg_covar, covariance_type=covariance_type, axis_name=axis_name
+        log_resp,
+        blocks,
+        reg_covar,
+        covariance_type=covariance_type,
+        axis_name=axis_name,
     )
 
 
 @functools.partial(jax.jit, static_argnames=("covariance_type", "axis_name"))
-def _m_step(x, log_resp, w, reg_covar, *, covariance_type, axis_name):
-    shift = _weighted_mean(x, w, axis_name)
-    phi = _features(x - shift, covariance_type)
-    stats = _statistics(phi, jnp.exp(log_resp), w, axis_name)
-    params = _params_from_statistics(stats, reg_covar, covariance_type, x.shape[1])
-    return _translate(params, shift)
+def _m_step(log_resp, blocks, reg_covar, *, covariance_type, axis_name):
+    resp = _to_blocks(jnp.exp(log_resp), blocks.position, blocks.w.shape)
+    return _m_step_blocks(blocks, resp, reg_covar, covariance_type, axis_name)
 
 
 def em_step(
@@ -764,15 +942,15 @@ def em_step(
     """
     params, x, w = _check_params_data(params, x, sample_weight, validate)
     reg_covar = _check_nonnegative(reg_covar, "reg_covar", x.dtype)
-    return _em_step(params, x, w, reg_covar, axis_name=axis_name)
+    blocks = _blocks_for(
+        x, w, params.weights.shape[0], params.covariance_type, axis_name
+    )
+    return _em_step(params, blocks, reg_covar, axis_name=axis_name)
 
 
 @functools.partial(jax.jit, static_argnames=("axis_name",))
-def _em_step(params, x, w, reg_covar, *, axis_name):
-    shift = _weighted_mean(x, w, axis_name)
-    phi = _features(x - shift, params.covariance_type)
-    new, ll = _em_iteration(phi, w, _translate(params, -shift), reg_covar, axis_name)
-    return _translate(new, shift), ll
+def _em_step(params, blocks, reg_covar, *, axis_name):
+    return _em_iteration(blocks, params, reg_covar, axis_name)
 
 
 # ---------------------------------------------------------------------- fit
@@ -867,10 +1045,12 @@ def fit(
                 f"init_params has {init_params.weights.shape[0]} components, "
                 f"but n_components={k}"
             )
+    blocks = _blocks_for(x, w, k, covariance_type, axis_name)
     return _fit(
         key,
         x,
         w,
+        blocks,
         init_params,
         tol,
         reg_covar,
@@ -898,6 +1078,7 @@ def _fit(
     key,
     x,
     w,
+    blocks,
     init_params,
     tol,
     reg_covar,
@@ -909,38 +1090,41 @@ def _fit(
     max_iter,
     axis_name,
 ):
-    shift = _weighted_mean(x, w, axis_name)
-    xc = x - shift
-    phi = _features(xc, covariance_type)
     run = functools.partial(
         _run_em,
-        phi,
-        w,
+        blocks,
         tol=tol,
         reg_covar=reg_covar,
         max_iter=max_iter,
         axis_name=axis_name,
     )
     if init_params is not None:
-        result = run(_translate(init_params, -shift))
-    else:
+        return run(init_params)
 
-        def restart(key):
-            params = _init_centred(
-                key, xc, w, reg_covar, n_components, covariance_type, method, axis_name
-            )
-            return run(params)
+    def restart(key):
+        params = _initial_params(
+            key,
+            x,
+            w,
+            blocks,
+            reg_covar,
+            n_components,
+            covariance_type,
+            method,
+            axis_name,
+        )
+        return run(params)
 
-        results = jax.vmap(restart)(jax.random.split(key, n_init))
-        ll = results.log_likelihood
-        best = jnp.argmax(jnp.where(jnp.isnan(ll), -jnp.inf, ll))
-        result = jax.tree.map(lambda a: a[best], results)
-    return result._replace(params=_translate(result.params, shift))
+    # The restarts share the blocks: each E-step is one wider matmul.
+    results = jax.vmap(restart)(jax.random.split(key, n_init))
+    ll = results.log_likelihood
+    best = jnp.argmax(jnp.where(jnp.isnan(ll), -jnp.inf, ll))
+    return jax.tree.map(lambda a: a[best], results)
 
 
-def _run_em(phi, w, params, *, tol, reg_covar, max_iter, axis_name):
-    """The EM loop on a feature block, in the centred frame."""
-    dtype = phi.dtype
+def _run_em(blocks, params, *, tol, reg_covar, max_iter, axis_name):
+    """The EM loop on blocked features."""
+    dtype = blocks.w.dtype
 
     def cond(state):
         i, _, ll, converged, _ = state
@@ -948,7 +1132,7 @@ def _run_em(phi, w, params, *, tol, reg_covar, max_iter, axis_name):
 
     def body(state):
         i, params, ll_prev, _, trace = state
-        params, ll = _em_iteration(phi, w, params, reg_covar, axis_name)
+        params, ll = _em_iteration(blocks, params, reg_covar, axis_name)
         converged = jnp.abs(ll - ll_prev) < tol
         return i + 1, params, ll, converged, trace.at[i].set(ll)
 
@@ -1168,16 +1352,6 @@ def _n_parameters(params):
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def _translate(params, shift):
-    """The same mixture with every mean moved by ``shift`` [d]."""
-    return dataclasses.replace(params, means=params.means + shift)
-
-
-def _weighted_mean(x, w, axis_name):
-    total = _psum(jnp.sum(w), axis_name)
-    return _psum(jnp.matmul(w, x, precision=_HIGHEST), axis_name) / total
 
 
 def _psum(value, axis_name):
