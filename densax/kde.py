@@ -227,13 +227,13 @@ def _row_logsumexp(s: jax.Array) -> jax.Array:
 
 
 def _scores(zb, rows, y, yt, y_sq, offset, kernel, exclude_self):
-    """Scores log k(|z_i - y_j|) of one query block, [B, n], and t (or None)."""
+    """Scores log k(|z_i - y_j|) of one query block and t = |z_i - y_j|^2, [B, n]."""
     if kernel == "gaussian" and zb.shape[1] >= _MATMUL_MIN_DIM:
         # -|z - y|^2 / 2 = z.y - |z|^2 / 2 - |y|^2 / 2, absolute error
         # ~ eps (|z|^2 + |y|^2) in bandwidth units on centred data.
         cross = jnp.matmul(zb, yt, precision=_HIGHEST)
         u = cross - 0.5 * jnp.sum(zb * zb, axis=1)[:, None] - 0.5 * y_sq
-        t = None
+        t = jnp.maximum(-2 * u, 0)
     else:
         t = sum((zb[:, k, None] - yt[k]) ** 2 for k in range(zb.shape[1]))
         u = _log_profile(kernel, t)
@@ -258,13 +258,15 @@ def _map_blocks(body, z, block_size, *extra):
     return jax.tree.map(lambda o: o.reshape(-1)[:m], outs)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6))
-def _kernel_logsumexp(z, y, w, offset, kernel, block_size, exclude_self):
-    """lse[i] = log sum_j w_j k(|z_i - y_j|) over whitened z [m, d], y [n, d].
+@functools.partial(jax.custom_jvp, nondiff_argnums=(5, 6, 7))
+def _kernel_logsumexp(z, y, w, scale, offset, kernel, block_size, exclude_self):
+    """lse[i] = log sum_j w_j k(|z_i - y_j| / scale), z [m, d], y [n, d].
 
-    With ``exclude_self`` the pairs ``i == j + offset`` are left out (the
-    leave-one-out sum; ``offset`` is the global index of ``y[0]``).
+    ``scale`` is the scalar bandwidth (1 for data already whitened by a
+    matrix one); with ``exclude_self`` the pairs ``i == j + offset`` are left
+    out (the leave-one-out sum; ``offset`` is the global index of ``y[0]``).
     """
+    z, y = z / scale, y / scale
     yt, y_sq, log_w = y.T, jnp.sum(y * y, axis=1), jnp.log(w)
 
     def body(zb, rows):
@@ -276,15 +278,28 @@ def _kernel_logsumexp(z, y, w, offset, kernel, block_size, exclude_self):
 
 @functools.partial(_kernel_logsumexp.defjvp, symbolic_zeros=True)
 def _kernel_logsumexp_jvp(kernel, block_size, exclude_self, primals, tangents):
-    # With P = softmax_j(s_ij), G = P * dlog k/dt and t_ij = |z_i - y_j|^2,
-    #   d lse_i = 2 sum_j G_ij (z_i - y_j).(dz_i - dy_j) + sum_j P_ij dw_j / w_j,
+    # In bandwidth units (z / scale, y / scale), with P = softmax_j(s_ij),
+    # G = P * dlog k/dt and t_ij = |z_i - y_j|^2:
+    #   d lse_i = 2 sum_j G_ij (z_i - y_j).(dz_i - dy_j)
+    #             - 2 (dscale / scale) sum_j G_ij t_ij + sum_j P_ij dw_j / w_j,
     # where P_ij / w_j = exp(u_ij - lse_i) is finite even for a zero weight.
-    # Every sum is a matmul on the [B, n] block, recomputed in the backward
-    # pass (jax.checkpoint), so reverse mode stays O(B n) in memory too.
-    z, y, w, offset = primals
-    dz, dy, dw = (None if isinstance(t, SymbolicZero) else t for t in tangents[:3])
+    # The sums over j are matmuls or reductions on the [B, n] block,
+    # recomputed in the backward pass (jax.checkpoint), so reverse mode stays
+    # O(B n) in memory; a scalar bandwidth needs no matmul at all.
+    z, y, w, scale, offset = primals
+    dz, dy, dw, dscale = (
+        None if isinstance(t, SymbolicZero) else t for t in tangents[:4]
+    )
+    z, y = z / scale, y / scale
     yt, y_sq, log_w = y.T, jnp.sum(y * y, axis=1), jnp.log(w)
-    y_dy = None if dy is None else jnp.sum(y * dy, axis=1)
+    d = y.shape[1]
+    # One matmul each: g @ [y, 1] = [G y, G 1] and g @ [y.dy, dy].
+    y_one = jnp.concatenate([y, jnp.ones_like(y[:, :1])], axis=1)
+    if dz is not None:
+        dz = dz / scale
+    if dy is not None:
+        dy = dy / scale
+        dy_aug = jnp.concatenate([jnp.sum(y * dy, axis=1)[:, None], dy], axis=1)
 
     def body(zb, rows, *dzb):
         u, t = _scores(zb, rows, y, yt, y_sq, offset, kernel, exclude_self)
@@ -293,19 +308,19 @@ def _kernel_logsumexp_jvp(kernel, block_size, exclude_self, primals, tangents):
         finite = jnp.isfinite(lse)[:, None]
         lse0 = jnp.where(finite[:, 0], lse, 0)[:, None]
         tangent = jnp.zeros_like(lse)
-        if dz is not None or dy is not None:
+        if dz is not None or dy is not None or dscale is not None:
             p = jnp.where(finite, jnp.exp(s - lse0), 0)
             g = -0.5 * p if kernel == "gaussian" else p * _dlog_profile(kernel, t)
             if dz is not None:
-                g_diff = jnp.sum(g, axis=1)[:, None] * zb - jnp.matmul(
-                    g, y, precision=_HIGHEST
-                )
+                g_y = jnp.matmul(g, y_one, precision=_HIGHEST)
+                g_diff = g_y[:, d:] * zb - g_y[:, :d]  # sum_j G_ij (z_i - y_j)
                 tangent += 2 * jnp.sum(dzb[0] * g_diff, axis=1)
             if dy is not None:
-                g_dy = jnp.matmul(g, dy, precision=_HIGHEST)
-                tangent += 2 * (
-                    jnp.matmul(g, y_dy, precision=_HIGHEST) - jnp.sum(zb * g_dy, axis=1)
-                )
+                g_dy = jnp.matmul(g, dy_aug, precision=_HIGHEST)
+                tangent += 2 * (g_dy[:, 0] - jnp.sum(zb * g_dy[:, 1:], axis=1))
+            if dscale is not None:
+                g_t = jnp.sum(jnp.where(p > 0, g * t, 0), axis=1)
+                tangent -= 2 * (dscale / scale) * g_t
         if dw is not None:
             k = jnp.where(finite, jnp.exp(u - lse0), 0)
             tangent += jnp.matmul(k, dw, precision=_HIGHEST)
@@ -325,11 +340,16 @@ def _combine_shards(lse: jax.Array, axis_name: str) -> jax.Array:
 
 
 def _whiten(x, data, bandwidth):
-    """Queries and data in bandwidth units, centred; and log |det L|."""
+    """Centred queries and data, a scalar scale and log |det L|.
+
+    For a scalar h the points stay in data units and the scale is h (the core
+    divides, so d/dh needs no matmul); for a matrix H = L L^T they come
+    whitened by L and the scale is 1.
+    """
     centre = lax.stop_gradient(jnp.mean(data, axis=0))
     xc, yc = x - centre, data - centre
     if bandwidth.ndim == 0:
-        return xc / bandwidth, yc / bandwidth, data.shape[1] * jnp.log(bandwidth)
+        return xc, yc, bandwidth, data.shape[1] * jnp.log(bandwidth)
     chol = jnp.linalg.cholesky(0.5 * (bandwidth + bandwidth.T))
 
     def solve(a):  # a L^-T, i.e. L^-1 applied to every row
@@ -337,7 +357,8 @@ def _whiten(x, data, bandwidth):
             chol, a, left_side=False, lower=True, transpose_a=True
         )
 
-    return solve(xc), solve(yc), jnp.sum(jnp.log(jnp.diagonal(chol)))
+    one = jnp.ones((), data.dtype)
+    return solve(xc), solve(yc), one, jnp.sum(jnp.log(jnp.diagonal(chol)))
 
 
 def _bandwidth_ok(bandwidth):
@@ -349,8 +370,8 @@ def _bandwidth_ok(bandwidth):
 def _log_density(x, data, bandwidth, weights, *, kernel, block_size, axis_name):
     n, d = data.shape
     w = jnp.ones(n, data.dtype) if weights is None else weights
-    z, y, log_det = _whiten(x, data, bandwidth)
-    lse = _kernel_logsumexp(z, y, w, jnp.int32(0), kernel, block_size, False)
+    z, y, scale, log_det = _whiten(x, data, bandwidth)
+    lse = _kernel_logsumexp(z, y, w, scale, jnp.int32(0), kernel, block_size, False)
     total = jnp.sum(w)
     if axis_name is not None:
         lse = _combine_shards(lse, axis_name)
@@ -369,8 +390,8 @@ def _loo_log_likelihood(data, bandwidth, weights, *, kernel, block_size, axis_na
         queries = lax.all_gather(data, axis_name, tiled=True, to="invarying")
         w_queries = lax.all_gather(w, axis_name, tiled=True, to="invarying")
         offset = lax.axis_index(axis_name).astype(jnp.int32) * n
-    z, y, log_det = _whiten(queries, data, bandwidth)
-    lse = _kernel_logsumexp(z, y, w, offset, kernel, block_size, True)
+    z, y, scale, log_det = _whiten(queries, data, bandwidth)
+    lse = _kernel_logsumexp(z, y, w, scale, offset, kernel, block_size, True)
     total = jnp.sum(w)
     if axis_name is not None:
         lse = _combine_shards(lse, axis_name)
