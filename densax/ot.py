@@ -487,7 +487,9 @@ def wasserstein_1d(
     normalised to sum to one), along the last axis; leading axes are batch
     axes and broadcast. Differentiable with respect to the samples and the
     weights (the derivative at ties and at ``W = 0`` is a subgradient, never
-    NaN); the coupling carries no derivative.
+    NaN); the coupling carries no derivative. First derivatives only: the
+    closed-form gradient is not itself differentiated, so a Hessian comes out
+    as zero.
 
     Args:
       u: [..., n] samples of the first measure.
