@@ -260,6 +260,7 @@ def _reverse(
     dtype: Any,
     steps: np.ndarray,
     eta: float | None,
+    trajectory: bool,
 ) -> jax.Array:
     """Runs the reverse chain over ``steps`` (decreasing timesteps).
 
@@ -289,12 +290,13 @@ def _reverse(
         x0_hat = (x - jnp.sqrt(1 - a_t) * eps) / jnp.sqrt(a_t)
         direction = jnp.sqrt(jnp.maximum(1 - a_prev - c2, 0.0))
         z = jax.random.normal(jax.random.fold_in(k_steps, i), shape, dtype)
-        return jnp.sqrt(a_prev) * x0_hat + direction * eps + jnp.sqrt(var) * z, None
+        x = jnp.sqrt(a_prev) * x0_hat + direction * eps + jnp.sqrt(var) * z
+        return x, (x if trajectory else None)
 
     x_T = jax.random.normal(k_init, shape, dtype)
     inputs = (jnp.arange(len(steps)), t_now, abar_now, abar_prev, mean_var, noise_var)
-    x0, _ = lax.scan(step, x_T, inputs)
-    return x0
+    x0, path = lax.scan(step, x_T, inputs)
+    return jnp.concatenate([x_T[None], path]) if trajectory else x0
 
 
 def _check_sampler(n: int, features: int, schedule: Schedule, num_steps):
@@ -312,6 +314,7 @@ def ddpm_sample(
     features: int,
     *,
     num_steps: int | None = None,
+    trajectory: bool = False,
     dtype: Any = None,
 ) -> jax.Array:
     """Ancestral sampling: ``x_T ~ N(0, I)``, then ``x_{t-1} ~ p(x_{t-1} | x_t)``.
@@ -333,10 +336,11 @@ def ddpm_sample(
       n: number of samples.
       features: data dimension ``d``.
       num_steps: number of denoising steps (default ``T``).
+      trajectory: return the whole chain, ``x_T`` first.
       dtype: floating dtype (default: JAX's default float).
 
     Returns:
-      [n, d] samples.
+      [n, d] samples, or [num_steps + 1, n, d] states with ``trajectory``.
 
     References:
       Ho et al., *Denoising Diffusion Probabilistic Models*, 2020, Algorithm 2.
@@ -348,9 +352,8 @@ def ddpm_sample(
       (5, 2)
     """
     n, features, steps = _check_sampler(n, features, schedule, num_steps)
-    return _reverse(
-        key, denoiser, schedule, (n, features), _float_dtype(dtype), steps, 1.0
-    )
+    shape, dtype = (n, features), _float_dtype(dtype)
+    return _reverse(key, denoiser, schedule, shape, dtype, steps, None, trajectory)
 
 
 def ddim_sample(
@@ -362,6 +365,7 @@ def ddim_sample(
     *,
     num_steps: int = 50,
     eta: float = 0.0,
+    trajectory: bool = False,
     dtype: Any = None,
 ) -> jax.Array:
     """DDIM sampling on ``num_steps`` evenly spaced timesteps.
@@ -382,10 +386,11 @@ def ddim_sample(
       features: data dimension ``d``.
       num_steps: number of denoising steps.
       eta: stochasticity, in ``[0, 1]``.
+      trajectory: return the whole chain, ``x_T`` first.
       dtype: floating dtype.
 
     Returns:
-      [n, d] samples.
+      [n, d] samples, or [num_steps + 1, n, d] states with ``trajectory``.
 
     References:
       Song, Meng and Ermon, *Denoising Diffusion Implicit Models*, 2021, eq. 12.
@@ -399,9 +404,8 @@ def ddim_sample(
     n, features, steps = _check_sampler(n, features, schedule, num_steps)
     if not 0 <= eta <= 1:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
-    return _reverse(
-        key, denoiser, schedule, (n, features), _float_dtype(dtype), steps, eta
-    )
+    shape, dtype = (n, features), _float_dtype(dtype)
+    return _reverse(key, denoiser, schedule, shape, dtype, steps, eta, trajectory)
 
 
 def elbo(key: jax.Array, denoiser: Denoise, x0: Any, schedule: Schedule) -> jax.Array:

@@ -95,6 +95,9 @@ class Progress(NamedTuple):
     losses: dict[str, float]  # mean of each loss over the chunk
     sw2: float  # the metric after the chunk (NaN when eval_size=0)
     steps_per_s: float  # throughput of the chunk (the first includes compilation)
+    samples: (
+        jax.Array | None
+    )  # [eval_size, d] the samples scored (same noise each chunk)
 
 
 class TrainResult(NamedTuple):
@@ -188,7 +191,7 @@ def _evaluate(params, key, reference, *, method, options, graphdef, n):
     k_sample, k_proj = jax.random.split(key)
     model = nnx.merge(graphdef, params)
     x = METHODS[method].sample(model, options, k_sample, n, reference.dtype)
-    return metrics.sw2(k_proj, x, reference)
+    return metrics.sw2(k_proj, x, reference), x
 
 
 def _options(method: str, options: dict[str, Any]) -> Any:
@@ -425,11 +428,12 @@ def train(
                 for k, v in losses.items()
             }
         )
-        value = (
-            float(evaluate(_home(state.params[first_name], data), k_eval, reference))
-            if eval_size
-            else math.nan
-        )
+        value, samples = math.nan, None
+        if eval_size:
+            value, samples = evaluate(
+                _home(state.params[first_name], data), k_eval, reference
+            )
+            value = float(value)
         rate = done / elapsed if elapsed > 0 else math.nan
         history = history._replace(
             chunk_step=np.append(history.chunk_step, int(state.step)),
@@ -457,6 +461,7 @@ def train(
             },
             value,
             rate,
+            samples,
         )
         if verbose:
             print(_log_line(progress), flush=True)
