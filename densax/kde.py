@@ -94,8 +94,8 @@ _HIGHEST = lax.Precision.HIGHEST
 # Reverse mode keeps only the [m] log-sums of the forward pass; the [B, n]
 # blocks are recomputed.
 _SAVE_LSE = jax.checkpoint_policies.save_only_these_names("lse")
-# Bytes of one [block, n] score block (fastest on a 2-core AVX-512 CPU: 2.5 to
-# 5 MB in float32 and float64, n = 20 000; 2 to 4x that is within 20%).
+# Bytes of one [block, n] score block: 2.5 to 5 MB was fastest in float32 and
+# float64 at n = 20 000 on a 2-core AVX-512 CPU (10 MB: 5% to 30% slower).
 _BLOCK_BYTES = 4 << 20
 # The gaussian kernel's squared distances are a matmul above this dimension;
 # at or below it, direct differences are as fast (exp dominates) and 5 to 20x
@@ -592,8 +592,8 @@ def _block_size(block_size, m, n, itemsize):
     else:
         block_size = check_int(block_size, "block_size", minimum=1)
     block_size = max(1, min(block_size, m))
-    n_blocks = -(-m // block_size)
-    return -(-m // n_blocks)
+    n_blocks = max(1, -(-m // block_size))
+    return max(1, -(-m // n_blocks))
 
 
 def log_density(

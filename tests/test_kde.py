@@ -263,12 +263,20 @@ def test_check_grads_other_kernels(x64, kernel):
     check_grads(jax.jit(f), (x, data, 1.3, w), order=1, modes=("fwd", "rev"), eps=1e-6)
 
 
-def test_gaussian_score_closed_form(x64, points):
+def test_gaussian_score_and_hessian_closed_form(x64, points):
+    # grad log p = E_P[x_j - q] / h^2 and hess log p = Cov_P[x_j] / h^4 - I / h^2
+    # with P_j the softmax of the kernel terms (forward-over-reverse through
+    # the custom JVP).
     data, inside, _ = points
     q, h = inside[0], 0.8
     score = jax.grad(lambda q: kde.log_density(q, data, h))(jnp.asarray(q))
+    hess = jax.hessian(lambda q: kde.log_density(q, data, h))(jnp.asarray(q))
     p = np.exp(-0.5 * np.sum((q - data) ** 2, axis=1) / h**2)
-    np.testing.assert_allclose(score, (p / p.sum()) @ (data - q) / h**2, rtol=1e-12)
+    p /= p.sum()
+    mean = p @ (data - q)
+    cov = (data - q).T @ ((data - q) * p[:, None]) - np.outer(mean, mean)
+    np.testing.assert_allclose(score, mean / h**2, rtol=1e-12)
+    np.testing.assert_allclose(hess, cov / h**4 - np.eye(3) / h**2, rtol=1e-11)
 
 
 def test_gradient_at_zero_weight_and_cusp_is_finite(x64):
@@ -313,6 +321,7 @@ def test_jit_vmap_and_no_retrace(points):
     again = kde.log_density(inside + 0.1, data * 1.1, 0.6)
     assert kde._log_density._cache_size() == size
     assert not np.allclose(again, out)
+    assert kde.log_density(inside[:0], data, 0.5).shape == (0,)
     jitted = jax.jit(lambda x, d, h: kde.log_density(x, d, h))(inside, data, 0.5)
     np.testing.assert_allclose(jitted, out, rtol=1e-6)
     datasets = jnp.stack([data, data * 0.5, data + 1.0])
