@@ -841,7 +841,10 @@ def fit_bandwidth(
     ``H = L L^T`` with a log-parameterised diagonal, by Optax (L-BFGS with a
     zoom line search by default) on :func:`loo_log_likelihood`, inside one
     ``lax.while_loop``. Stops when the gradient norm w.r.t. these parameters
-    is at most ``tol`` (``converged=True``) or after ``max_iter`` iterations.
+    is at most ``tol`` (``converged=True``) or after ``max_iter`` iterations;
+    a non-finite likelihood (a compact kernel leaving a point without
+    neighbours at ``init``: pass a larger one) stops it with
+    ``converged=False``.
 
     scikit-learn's ``GridSearchCV(KernelDensity(), {"bandwidth": grid})``
     maximises the same criterion on a grid when ``cv=LeaveOneOut()``; with its
