@@ -29,7 +29,7 @@ def runs(data):
     return {
         method: train(jax.random.key(1), data, method=method, num_steps=20, **TINY)
         for method in ("gan", "wgan-clip", "sinkhorn")
-    }
+    }  # eval_size=64 from TINY: the metric's compiled path too
 
 
 @pytest.mark.parametrize(
@@ -48,6 +48,8 @@ def test_each_method_trains(runs, method, losses):
     assert (result.critic is None) == (method == "sinkhorn")
     x = sample(result, jax.random.key(3), 5)
     assert x.shape == (5, 2) and bool(jnp.all(jnp.isfinite(x)))
+    with pytest.raises(TypeError, match="no sampler options"):
+        sample(result, jax.random.key(3), 5, sampler="ddim")
 
 
 def test_wgan_clip_keeps_critic_weights_clipped(runs):

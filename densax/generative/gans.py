@@ -375,8 +375,12 @@ def _sinkhorn(ctx, key, fake, real):
     )
 
 
-def sample_generator(model, options, key, n, dtype):
+def sample_generator(model, options, key, n, dtype, **sampler_options):
     """``[n, d]`` samples ``G(z)``, ``z ~ N(0, I_latent_dim)``."""
+    if sampler_options:
+        raise TypeError(
+            f"generators take no sampler options, got {', '.join(sampler_options)}"
+        )
     return model(jax.random.normal(key, (n, options.latent_dim), dtype))
 
 

@@ -95,17 +95,13 @@ class Progress(NamedTuple):
     losses: dict[str, float]  # mean of each loss over the chunk
     sw2: float  # the metric after the chunk (NaN when eval_size=0)
     steps_per_s: float  # throughput of the chunk (the first includes compilation)
-    samples: (
-        jax.Array | None
-    )  # [eval_size, d] the samples scored (same noise each chunk)
+    samples: jax.Array | None  # [eval_size, d] the samples scored, or None
 
 
 class TrainResult(NamedTuple):
     """The outcome of :func:`train`."""
 
-    generator: (
-        nnx.Module
-    )  # the sampling network: z -> x, or the denoiser (x_t, t) -> eps
+    generator: nnx.Module  # z -> x, or for "ddpm" the denoiser (x_t, t) -> eps
     critic: nnx.Module | None  # the critic/discriminator x -> [1], or None
     state: TrainState  # final parameters, optimiser states, step and key
     history: History  # losses per step, metric and throughput per chunk
@@ -242,6 +238,26 @@ def _as_key(key: Any) -> jax.Array:
     return jax.random.wrap_key_data(key)
 
 
+def _initial_state(spec: Method, opts: Any, data: jax.Array, num_steps: int, key):
+    """The networks' graph definitions and the state before step 0."""
+    nets = spec.networks(opts, data.shape[1], data.dtype, nnx.Rngs(key))
+    split = {name: nnx.split(net, nnx.Param) for name, net in nets.items()}
+    graphdefs = {name: g for name, (g, _) in split.items()}
+    params = {name: nnx.to_pure_dict(s) for name, (_, s) in split.items()}
+    optimizers = spec.optimizers(opts, num_steps)
+    opt_state = {name: optimizers[name].init(p) for name, p in params.items()}
+    return graphdefs, TrainState(params, opt_state, jnp.array(0, jnp.int32), key)
+
+
+def _failure(losses: dict[str, np.ndarray], done: int, good_steps: int) -> str:
+    bad = ", ".join(f"{k}={float(v[done]):.4g}" for k, v in losses.items())
+    return (
+        f"non-finite loss or parameters at step {good_steps + 1} ({bad}); training "
+        f"stopped and the result holds the state after step {good_steps}, the last "
+        f"finite one. Lower the learning rate or check the data."
+    )
+
+
 def _history_from_dict(d: dict) -> History:
     return History(
         {k: np.asarray(v) for k, v in d["losses"].items()},
@@ -371,19 +387,9 @@ def train(
             )
     key = _as_key(key)
 
-    spec = METHODS[method]
     k_init, k_train, k_eval = jax.random.split(key, 3)
-    nets = spec.networks(opts, data.shape[1], data.dtype, nnx.Rngs(k_init))
-    split = {name: nnx.split(net, nnx.Param) for name, net in nets.items()}
-    graphdefs = {name: g for name, (g, _) in split.items()}
-    params = {name: nnx.to_pure_dict(s) for name, (_, s) in split.items()}
-    optimizers = spec.optimizers(opts, num_steps)
-    state = TrainState(
-        params,
-        {name: optimizers[name].init(p) for name, p in params.items()},
-        jnp.array(0, jnp.int32),
-        k_train,
-    )
+    graphdefs, state = _initial_state(METHODS[method], opts, data, num_steps, k_init)
+    state = state._replace(key=k_train)
     static = _Static(
         method, opts, tuple(graphdefs.items()), batch_size, chunk_size, mesh
     )
@@ -441,14 +447,7 @@ def train(
             sw2=np.append(history.sw2, value),
         )
         if bool(failed):
-            finite = False
-            bad = ", ".join(f"{k}={float(v[done]):.4g}" for k, v in losses.items())
-            message = (
-                f"non-finite loss or parameters at step {int(state.step) + 1} ({bad}); "
-                f"training stopped and the result holds the state after step "
-                f"{int(state.step)}, the last finite one. Lower the learning rate "
-                f"or check the data."
-            )
+            finite, message = False, _failure(losses, done, int(state.step))
         if checkpoint is not None:
             ckpt.save(checkpoint, state, history=history._asdict(), meta=describe)
         progress = Progress(
@@ -512,16 +511,19 @@ def sample(
       n: number of samples.
       **sampler_options: method-specific options; for ``"ddpm"``:
         ``sampler="ddpm" | "ddim"``, ``num_steps``, ``eta`` (see
-        :func:`densax.generative.diffusion.sample`).
+        :func:`~densax.generative.diffusion.ddpm_sample` and
+        :func:`~densax.generative.diffusion.ddim_sample`); none for the GAN
+        family.
 
     Returns:
       [n, d] samples in the training data's dtype.
 
     Example:
       >>> from densax import datasets, generative
-      >>> x = datasets.two_moons(jax.random.key(0), 256)
+      >>> x = datasets.eight_gaussians(jax.random.key(0), 512)
       >>> res = generative.train(jax.random.key(1), x, method="sliced",
-      ...                        num_steps=5, batch_size=32, eval_size=0)
+      ...                        num_steps=20, batch_size=64, chunk_size=10,
+      ...                        hidden=(32, 32))
       >>> generative.sample(res, jax.random.key(2), 7).shape
       (7, 2)
     """
