@@ -61,6 +61,10 @@ def test_mode_coverage_counts_by_hand():
     assert int(strict.counts[6]) == 0 and int(strict.n_modes) == 6
     jitted = jax.jit(lambda x: metrics.mode_coverage(x, modes.centres, std).n_modes)
     assert int(jitted(x)) == 7
+    # A second eager call with the same shapes does not compile again.
+    compiled = metrics._mode_coverage._cache_size()
+    metrics.mode_coverage(x + 0.001, modes.centres, std)
+    assert metrics._mode_coverage._cache_size() == compiled
 
 
 def test_kde_log_likelihood_matches_sklearn(key, x64):
