@@ -11,6 +11,10 @@ checkpointing, data-parallel sharding and NaN guard. A method only says
   that hides the batch layout (single device or sharded), and
 * how to draw samples from the trained networks.
 
+A new method plugs in by adding it to the registry,
+``densax.generative.METHODS["name"] = Method(...)``; ``train(...,
+method="name")`` then runs it with everything above.
+
 A step is a pure function ``step(ctx, params, opt_state, key) -> (params,
 opt_state, losses)``: ``key`` is already specific to the step (the loop folds
 the step index into the run's key), ``losses`` a dict of scalars. Random
