@@ -1,0 +1,525 @@
+"""Tests for densax._sinkhorn (exported by densax.ot): entropic OT.
+
+References: ott-jax (dense Sinkhorn, Sinkhorn divergence), POT (``sinkhorn``
+with ``method="sinkhorn_log"``, ``sinkhorn2``, ``emd2``) and densax's exact
+``wasserstein_1d``. Reference comparisons run in float64 with every solver
+converged to an L1 marginal error of 1e-11 or less, so agreement is limited
+by rounding (~1e-12 relative), and 1e-9 tolerances are used where the issue
+asks for 1e-6.
+
+Shapes are few on purpose (n=24, m=18 and d=2 for most tests): each shape and
+option set compiles once.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import ot as pot
+import pytest
+from jax.sharding import PartitionSpec as P
+from ott.geometry import costs, pointcloud
+from ott.solvers import linear
+from ott.tools import sinkhorn_divergence as ott_divergence
+
+import densax
+from densax import _sinkhorn
+
+N, M, D = 24, 18, 2
+EPS = 0.5  # ~0.05 x the mean cost of the data below
+TIGHT = 1e-11
+
+
+def _data(dtype=np.float64, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(N, D))
+    y = rng.normal(size=(M, D)) * 1.3 + 1.0
+    a = rng.uniform(0.2, 1.0, N)
+    b = rng.uniform(0.2, 1.0, M)
+    return (
+        x.astype(dtype),
+        y.astype(dtype),
+        (a / a.sum()).astype(dtype),
+        (b / b.sum()).astype(dtype),
+    )
+
+
+def _cost(x, y):
+    return ((np.asarray(x)[:, None] - np.asarray(y)[None]) ** 2).sum(-1)
+
+
+def _gauge(f, g, a, b):
+    """densax's gauge <a, f> = <b, g>, applied to other libraries' potentials."""
+    c = 0.5 * (np.dot(b, g) - np.dot(a, f))
+    return f + c, g - c
+
+
+# ---------------------------------------------------------------------------
+# References (float64)
+
+
+def test_matches_ott_and_pot(x64):
+    x, y, a, b = _data()
+    out = densax.ot.sinkhorn(x, y, a=a, b=b, epsilon=EPS, threshold=TIGHT)
+    assert bool(out.converged)
+    cost = _cost(x, y)
+
+    ott_out = linear.solve(
+        pointcloud.PointCloud(x, y, epsilon=EPS),
+        a=a,
+        b=b,
+        threshold=TIGHT,
+        max_iterations=20_000,
+    )
+    np.testing.assert_allclose(out.reg_cost, ott_out.reg_ot_cost, rtol=1e-9)
+    np.testing.assert_allclose(out.transport_cost, ott_out.primal_cost, rtol=1e-9)
+    f_ott, g_ott = _gauge(np.asarray(ott_out.f), np.asarray(ott_out.g), a, b)
+    np.testing.assert_allclose(out.f, f_ott, atol=1e-9)
+    np.testing.assert_allclose(out.g, g_ott, atol=1e-9)
+
+    # POT regularises with the entropy of P; on couplings it differs from
+    # KL(P | a ⊗ b) by the constant H(a) + H(b): same plan, same potentials.
+    plan, log = pot.sinkhorn(
+        a,
+        b,
+        cost,
+        EPS,
+        method="sinkhorn_log",
+        stopThr=1e-14,
+        numItermax=100_000,
+        log=True,
+    )
+    np.testing.assert_allclose(densax.ot.transport_plan(out), plan, atol=1e-12)
+    f_pot, g_pot = _gauge(EPS * log["log_u"], EPS * log["log_v"], a, b)
+    np.testing.assert_allclose(out.f, f_pot, atol=1e-9)
+    np.testing.assert_allclose(out.g, g_pot, atol=1e-9)
+    cost2 = pot.sinkhorn2(
+        a, b, cost, EPS, method="sinkhorn_log", stopThr=1e-14, numItermax=100_000
+    )
+    np.testing.assert_allclose(out.transport_cost, cost2, rtol=1e-9)
+    kl = np.sum(plan * np.log(plan / np.outer(a, b)))
+    np.testing.assert_allclose(out.reg_cost, np.sum(plan * cost) + EPS * kl, rtol=1e-9)
+
+
+def test_divergence_matches_ott(x64):
+    x, y, a, b = _data()
+    out = densax.ot.sinkhorn_divergence(x, y, a=a, b=b, epsilon=EPS, threshold=TIGHT)
+    ref, _ = ott_divergence.sinkhorn_divergence(
+        pointcloud.PointCloud,
+        x,
+        y,
+        a=a,
+        b=b,
+        epsilon=EPS,
+        solve_kwargs={"threshold": TIGHT, "max_iterations": 20_000},
+    )
+    assert bool(out.converged)
+    np.testing.assert_allclose(out.divergence, ref, rtol=1e-9)
+    # The symmetric potential solves the self-problem: P 1 = a.
+    p_xx = np.exp((out.f_xx[:, None] + out.f_xx[None] - _cost(x, x)) / EPS)
+    np.testing.assert_allclose(p_xx.sum(1), a, atol=1e-10)
+    # Zero iff the measures are equal (and positive otherwise).
+    same = densax.ot.sinkhorn_divergence(x, x, a=a, b=a, epsilon=EPS, threshold=TIGHT)
+    assert abs(float(same.divergence)) < 1e-10
+    assert float(out.divergence) > 0.1
+
+
+def test_epsilon_to_zero_approaches_emd(x64):
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(10, D)), rng.normal(size=(10, D)) + 0.5
+    cost = _cost(x, y)
+    exact = pot.emd2(np.full(10, 0.1), np.full(10, 0.1), cost)
+    gaps = []
+    for rel in (1e-1, 3e-2, 1e-2):
+        eps = rel * cost.mean()
+        out = densax.ot.sinkhorn(x, y, epsilon=eps, threshold=1e-9)
+        assert bool(out.converged)
+        gap = float(out.transport_cost) - exact
+        # 0 <= <P_eps, C> - OT <= eps (H(a) + H(b)) = 2 eps log 10 (up to the
+        # marginal error, 1e-9 x max cost).
+        assert -1e-8 <= gap <= 2 * eps * np.log(10)
+        gaps.append(gap)
+    assert gaps[0] > gaps[1] > gaps[2]
+    assert gaps[2] < 1e-2 * exact
+
+
+def test_1d_matches_exact_wasserstein(x64):
+    rng = np.random.default_rng(4)
+    u = np.linspace(-2, 2, 16) + rng.uniform(-0.1, 0.1, 16)
+    v = 0.7 * np.linspace(-2, 2, 16) + 1 + rng.uniform(-0.1, 0.1, 16)
+    rng.shuffle(u)
+    rng.shuffle(v)
+    exact = densax.ot.wasserstein_1d(u, v, p=2)
+    errors = []
+    for eps in (0.1, 0.03):
+        out = densax.ot.sinkhorn_divergence(
+            u[:, None], v[:, None], epsilon=eps, threshold=1e-10
+        )
+        assert bool(out.converged)
+        errors.append(abs(np.sqrt(out.divergence) - exact) / exact)
+    # Equal sizes and uniform weights: the optimal plan is a permutation, the
+    # debiasing cancels the O(eps) term (eps log n in OT(a, b) and OT(a, a))
+    # and the rest vanishes exponentially in 1/eps (measured: 1.5e-3 at
+    # eps = 0.1, 2.3e-5 at eps = 0.03, for a cost scale of 2.3).
+    assert errors[0] < 3e-3 and errors[1] < 5e-5
+    np.testing.assert_allclose(
+        densax.ot.wasserstein(u[:, None], v[:, None], epsilon=0.03, threshold=1e-10),
+        np.sqrt(out.divergence),
+        rtol=1e-12,
+    )
+
+
+def test_general_cost_function(x64):
+    x, y, a, b = _data()
+    cost_fn = costs.Euclidean()
+    ref = linear.solve(
+        pointcloud.PointCloud(x, y, cost_fn=cost_fn, epsilon=0.1),
+        a=a,
+        b=b,
+        threshold=TIGHT,
+        max_iterations=20_000,
+    )
+    for block in (None, 7):
+        out = densax.ot.sinkhorn(
+            x,
+            y,
+            a=a,
+            b=b,
+            epsilon=0.1,
+            cost_fn=cost_fn,
+            threshold=TIGHT,
+            block_size=block,
+        )
+        np.testing.assert_allclose(out.reg_cost, ref.reg_ot_cost, rtol=1e-9)
+        np.testing.assert_allclose(out.transport_cost, ref.primal_cost, rtol=1e-9)
+
+
+# ---------------------------------------------------------------------------
+# Plans, online mode, dtypes
+
+
+def test_plan_marginals_and_apply(dtype):
+    x, y, a, b = _data(dtype)
+    out = densax.ot.sinkhorn(x, y, a=a, b=b, epsilon=EPS, threshold=1e-4)
+    for leaf in (out.f, out.g, out.reg_cost, out.transport_cost, out.errors):
+        assert leaf.dtype == dtype
+    plan = densax.ot.transport_plan(out)
+    assert plan.shape == (N, M) and plan.dtype == dtype
+    err = np.abs(plan.sum(1) - a).sum() + np.abs(plan.sum(0) - b).sum()
+    # The reported error is the L1 marginal error of the returned plan.
+    k = int(out.n_iter)
+    np.testing.assert_allclose(err, out.errors[k - 1], rtol=1e-3, atol=1e-6)
+    assert err <= 1e-4 and np.all(np.asarray(out.errors[k:]) == -1)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(
+        np.sum(plan * _cost(x, y)), out.transport_cost, rtol=tol * 10
+    )
+    v = np.linspace(-1, 1, 2 * M, dtype=dtype).reshape(M, 2)
+    u = np.linspace(-1, 1, N, dtype=dtype)
+    for block in ("auto", 5):
+        pv = densax.ot.apply_plan(out, v, block_size=block)
+        np.testing.assert_allclose(pv, plan @ v, rtol=tol, atol=tol)
+        ptu = densax.ot.apply_plan(out, u, transpose=True, block_size=block)
+        np.testing.assert_allclose(ptu, plan.T @ u, rtol=tol, atol=tol)
+    np.testing.assert_allclose(
+        densax.ot.transport_plan(out, block_size=5), plan, rtol=tol, atol=tol
+    )
+
+
+def test_online_equals_dense(dtype):
+    x, y, a, b = _data(dtype)
+    dense = densax.ot.sinkhorn_divergence(x, y, a=a, b=b, epsilon=EPS, block_size=None)
+    online = densax.ot.sinkhorn_divergence(x, y, a=a, b=b, epsilon=EPS, block_size=7)
+    # Same iterations; only the summation order differs.
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    assert np.array_equal(dense.n_iter, online.n_iter)
+    np.testing.assert_allclose(online.divergence, dense.divergence, rtol=rtol)
+    np.testing.assert_allclose(online.xy.f, dense.xy.f, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(online.f_xx, dense.f_xx, rtol=rtol, atol=rtol)
+    grads = [
+        jax.grad(
+            lambda x, blk=blk: (
+                densax.ot.sinkhorn_divergence(
+                    x, y, epsilon=EPS, block_size=blk
+                ).divergence
+            )
+        )(x)
+        for blk in (None, 7)
+    ]
+    np.testing.assert_allclose(grads[0], grads[1], rtol=rtol * 10, atol=rtol)
+
+
+def test_defaults_and_output_fields(x64):
+    x, y, a, b = _data()
+    out = densax.ot.sinkhorn(x, y, a=a * 3.0, b=b)  # weights are normalised
+    mean_cost = np.sum(a[:, None] * b[None] * _cost(x, y))
+    np.testing.assert_allclose(out.epsilon, 0.05 * mean_cost, rtol=1e-12)
+    np.testing.assert_allclose(out.a, a, rtol=1e-12)
+    # Gauge: <a, f> = <b, g>.
+    np.testing.assert_allclose(np.dot(a, out.f), np.dot(b, out.g), atol=1e-12)
+    # Plain Sinkhorn without annealing reaches the same solution, slower.
+    plain = densax.ot.sinkhorn(
+        x, y, a=a, b=b, threshold=1e-10, relaxation=1.0, epsilon_scaling=None
+    )
+    fast = densax.ot.sinkhorn(x, y, a=a, b=b, threshold=1e-10)
+    np.testing.assert_allclose(fast.f, plain.f, atol=1e-9)
+    assert int(fast.n_iter) < int(plain.n_iter)
+
+
+def test_pointcloud_and_to_ott(x64):
+    x, y, _, _ = _data()
+    geom = pointcloud.PointCloud(x, y, epsilon=EPS)
+    out = densax.ot.sinkhorn(geom, threshold=1e-9)
+    ref = densax.ot.sinkhorn(x, y, epsilon=EPS, threshold=1e-9)
+    np.testing.assert_allclose(out.reg_cost, ref.reg_cost, rtol=1e-12)
+    as_ott = densax.ot.to_ott(out)
+    np.testing.assert_allclose(as_ott.matrix, densax.ot.transport_plan(out), rtol=1e-12)
+    np.testing.assert_allclose(as_ott.primal_cost, out.transport_cost, rtol=1e-10)
+    np.testing.assert_allclose(as_ott.reg_ot_cost, out.reg_cost, rtol=1e-12)
+    assert int(as_ott.n_iters) == int(out.n_iter)
+
+
+def test_zero_weights(x64):
+    x, y, a, b = _data()
+    a = a.copy()
+    a[:3] = 0.0
+    out = densax.ot.sinkhorn(x, y, a=a, b=b, epsilon=EPS, threshold=TIGHT)
+    sub = densax.ot.sinkhorn(x[3:], y, a=a[3:], b=b, epsilon=EPS, threshold=TIGHT)
+    assert np.all(np.isneginf(out.f[:3]))
+    np.testing.assert_allclose(out.reg_cost, sub.reg_cost, rtol=1e-10)
+    np.testing.assert_allclose(out.f[3:], sub.f, atol=1e-9)
+    assert np.all(densax.ot.transport_plan(out)[:3] == 0)
+    grad = jax.grad(
+        lambda x: densax.ot.sinkhorn_divergence(x, y, a=a, b=b, epsilon=EPS).divergence
+    )(x)
+    assert np.all(np.isfinite(grad)) and np.all(grad[:3] == 0)
+
+
+# ---------------------------------------------------------------------------
+# Gradients (float64, directional finite differences)
+
+
+def _directional_check(fun, args, scales, rtol, h=1e-5, seed=0):
+    """Central difference along a random direction (relative for weights and
+    epsilon): truncation O(h^2) ~1e-10, solver noise threshold / h ~1e-6."""
+    rng = np.random.default_rng(seed)
+    dirs = [rng.normal(size=np.shape(t)) * s for t, s in zip(args, scales, strict=True)]
+    grads = jax.grad(fun, argnums=tuple(range(len(args))))(*args)
+    analytic = sum(
+        np.sum(np.asarray(g) * dv) for g, dv in zip(grads, dirs, strict=True)
+    )
+    plus = fun(*[t + h * dv for t, dv in zip(args, dirs, strict=True)])
+    minus = fun(*[t - h * dv for t, dv in zip(args, dirs, strict=True)])
+    numeric = (plus - minus) / (2 * h)
+    np.testing.assert_allclose(analytic, numeric, rtol=rtol)
+
+
+@pytest.mark.parametrize("mode", ["envelope", "implicit", "unroll"])
+def test_gradients_match_finite_differences(x64, mode):
+    x, y, a, b = _data()
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=N)
+    kw = dict(threshold=TIGHT, differentiation=mode, max_iterations=400)
+
+    def outputs(x, y, a, b, eps):
+        out = densax.ot.sinkhorn_divergence(x, y, a=a, b=b, epsilon=eps, **kw)
+        res = [out.divergence, out.xy.reg_cost]
+        if mode != "envelope":  # the potentials are differentiable
+            res += [out.xy.transport_cost, jnp.dot(w, out.xy.f), jnp.dot(w, out.f_xx)]
+        return res
+
+    n_out = 2 if mode == "envelope" else 5
+    for i in range(n_out):
+        _directional_check(
+            lambda *t, i=i: outputs(*t)[i],
+            (x, y, a, b, EPS),
+            (1, 1, a, b, EPS),
+            rtol=1e-7,
+        )
+
+
+def test_envelope_refuses_potential_gradients():
+    x, y, _, _ = _data(np.float32)
+    with pytest.raises(ValueError, match="differentiation='implicit'"):
+        jax.grad(lambda x: densax.ot.sinkhorn(x, y, epsilon=EPS).transport_cost)(x)
+
+
+def test_implicit_gradient_float32_small_epsilon():
+    x, y, _, _ = _data(np.float32)
+    # epsilon = 0.01 x the mean cost: ott-jax 0.6's float32 implicit gradient
+    # already fails here (its linear solve returns non-finite values).
+    eps = 0.01 * float(np.mean(_cost(x, y)))
+
+    def loss(x, dtype):
+        out = densax.ot.sinkhorn(
+            x.astype(dtype),
+            y.astype(dtype),
+            epsilon=eps,
+            threshold=1e-5,
+            differentiation="implicit",
+        )
+        return out.transport_cost + jnp.sum(out.f**2)
+
+    g32 = jax.grad(loss)(x, np.float32)
+    assert np.all(np.isfinite(g32))
+    with jax.enable_x64(True):
+        g64 = jax.grad(loss)(x.astype(np.float64), np.float64)
+    # Potentials in float32 carry ~1e-7 x |f| / eps ~ 1e-4 relative noise,
+    # amplified by the (well-conditioned) solve: 1e-2 of the largest entry.
+    np.testing.assert_allclose(g32, g64, atol=1e-2 * np.abs(g64).max())
+
+
+# ---------------------------------------------------------------------------
+# Transformations
+
+
+def test_jit_vmap_and_fixed_iterations(key):
+    x, y, _, _ = _data(np.float32)
+    ys = jnp.stack([y, y + 0.5, y * 2.0])
+    eps = jnp.asarray([0.3, 0.5, 0.8], np.float32)
+    run = lambda y, e, fixed: densax.ot.sinkhorn(
+        x, y, epsilon=e, fixed_iterations=fixed, max_iterations=60
+    )
+    for fixed in (False, True):
+        batched = jax.vmap(lambda y, e, fixed=fixed: run(y, e, fixed))(ys, eps)
+        for k in range(3):
+            single = run(ys[k], eps[k], fixed)
+            np.testing.assert_allclose(batched.reg_cost[k], single.reg_cost, rtol=1e-5)
+            assert int(batched.n_iter[k]) == int(single.n_iter)
+        if fixed:
+            assert np.all(np.asarray(batched.n_iter) == 60)
+            assert np.all(np.asarray(batched.converged))
+    jitted = jax.jit(lambda x, y: densax.ot.sinkhorn(x, y, epsilon=0.5).reg_cost)
+    np.testing.assert_allclose(
+        jitted(x, y), densax.ot.sinkhorn(x, y, epsilon=0.5).reg_cost, rtol=1e-6
+    )
+
+
+def test_no_retracing():
+    x, y, _, _ = _data(np.float32)
+    densax.ot.sinkhorn(x, y, epsilon=0.5)
+    before = _sinkhorn._sinkhorn_core._cache_size()
+    densax.ot.sinkhorn(x + 1.0, y, epsilon=0.7, threshold=1e-4)
+    assert _sinkhorn._sinkhorn_core._cache_size() == before
+
+
+def test_sharded_equals_single_device(mesh):
+    x, y, a, _ = _data(np.float32)  # N = 24 points split over 4 devices
+    specs = (P("data"), P("data"), P())
+
+    def local(x, a, y):
+        out = densax.ot.sinkhorn(x, y, a=a, epsilon=EPS, axis_name="data")
+        return out.f, out.g, out.reg_cost, out.n_iter
+
+    f, g, reg, n_iter = jax.shard_map(
+        local, mesh=mesh, in_specs=specs, out_specs=(P("data"), P(), P(), P())
+    )(x, a, y)
+    ref = densax.ot.sinkhorn(x, y, a=a, epsilon=EPS)
+    assert int(n_iter) == int(ref.n_iter)
+    np.testing.assert_allclose(reg, ref.reg_cost, rtol=1e-5)
+    np.testing.assert_allclose(f, ref.f, atol=1e-4)
+    np.testing.assert_allclose(g, ref.g, atol=1e-4)
+
+    for block in (None, 4):
+        div = lambda x, a, y, block=block: (
+            densax.ot.sinkhorn_divergence(
+                x, y, a=a, epsilon=EPS, axis_name="data", block_size=block
+            ).divergence
+        )
+        value, (gx, gy) = jax.shard_map(
+            jax.value_and_grad(div, argnums=(0, 2)),
+            mesh=mesh,
+            in_specs=specs,
+            out_specs=(P(), (P("data"), P())),
+        )(x, a, y)
+        ref_fn = lambda x, y: (
+            densax.ot.sinkhorn_divergence(x, y, a=a, epsilon=EPS).divergence
+        )
+        ref_value, (rx, ry) = jax.value_and_grad(ref_fn, argnums=(0, 1))(x, y)
+        np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+        np.testing.assert_allclose(gx, rx, atol=1e-5)
+        np.testing.assert_allclose(gy, ry, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# Bad input, non-convergence, extreme regularisation
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(a=-np.ones(N)), ValueError, "non-negative"),
+        (dict(a=np.zeros(N)), ValueError, "positive sum"),
+        (dict(a=np.ones(N + 1)), ValueError, "shape"),
+        (dict(epsilon=0.0), ValueError, "epsilon"),
+        (dict(epsilon=-1.0), ValueError, "epsilon"),
+        (dict(epsilon=np.ones(2)), ValueError, "epsilon"),
+        (dict(threshold=-1.0), ValueError, "threshold"),
+        (dict(relaxation=2.5), ValueError, "relaxation"),
+        (dict(relaxation="fast"), TypeError, "relaxation"),
+        (dict(epsilon_scaling=1.5), ValueError, "epsilon_scaling"),
+        (dict(block_size=0), ValueError, "block_size"),
+        (dict(block_size="big"), ValueError, "block_size"),
+        (dict(differentiation="magic"), ValueError, "differentiation"),
+        (dict(fixed_iterations=1), TypeError, "fixed_iterations"),
+        (dict(max_iterations=0), ValueError, "max_iterations"),
+        (dict(min_iterations=10, max_iterations=5), ValueError, "min_iterations"),
+        (dict(cost_fn="sqeuclidean"), TypeError, "cost_fn"),
+    ],
+)
+def test_bad_input(kwargs, error, match):
+    x, y, _, _ = _data(np.float32)
+    with pytest.raises(error, match=match):
+        densax.ot.sinkhorn(x, y, **kwargs)
+
+
+def test_bad_shapes():
+    x, y, _, _ = _data(np.float32)
+    with pytest.raises(ValueError, match="same dimension"):
+        densax.ot.sinkhorn(x, y[:, :1])
+    with pytest.raises(ValueError, match="rank"):
+        densax.ot.sinkhorn(x[:, 0], y)
+    with pytest.raises(ValueError, match="y is required"):
+        densax.ot.sinkhorn(x)
+    with pytest.raises(ValueError, match="must be None"):
+        densax.ot.sinkhorn(pointcloud.PointCloud(x, y), y)
+    with pytest.raises(TypeError, match="numeric"):
+        densax.ot.sinkhorn(x, np.ones((M, D), bool))
+    with pytest.raises(ValueError, match="p must be"):
+        densax.ot.wasserstein(x, y, p=0.5)
+    out = densax.ot.sinkhorn(x, y, epsilon=EPS)
+    with pytest.raises(ValueError, match="rows"):
+        densax.ot.apply_plan(out, np.ones(N))
+
+
+def test_traced_invalid_values_are_reported():
+    x, y, _, _ = _data(np.float32)
+    run = jax.jit(lambda x, e: densax.ot.sinkhorn(x, y, epsilon=e))
+    bad = run(x, -1.0)
+    assert not bool(bad.converged) and np.isnan(bad.reg_cost)
+    nan_x = run(jnp.asarray(x).at[0, 0].set(np.nan), 0.5)
+    assert not bool(nan_x.converged)
+    # Eagerly, the same values are errors.
+    with pytest.raises(ValueError, match="NaN"):
+        densax.ot.sinkhorn(np.where(np.arange(N)[:, None] == 0, np.nan, x), y)
+
+
+def test_non_convergence_is_flagged_and_finite():
+    x, y, _, _ = _data(np.float32)
+    out = densax.ot.sinkhorn(x, y, epsilon=0.005, max_iterations=5)
+    assert not bool(out.converged) and int(out.n_iter) == 5
+    assert np.all(np.isfinite(out.f)) and np.isfinite(out.reg_cost)
+
+
+def test_tiny_epsilon_float32_stays_finite():
+    x, y, _, _ = _data(np.float32)
+    scale = float(np.mean(_cost(x, y)))
+    out = densax.ot.sinkhorn_divergence(x, y, epsilon=1e-4 * scale, max_iterations=1000)
+    for leaf in (out.divergence, out.xy.f, out.xy.g, out.f_xx, out.xy.transport_cost):
+        assert np.all(np.isfinite(leaf))
+    errors = np.asarray(out.xy.errors)
+    assert np.all(np.isfinite(errors)) and errors[-1] < 1e-2 * errors[0]
+    # Near the exact OT cost (the marginals are off by at most the error).
+    exact = pot.emd2(np.full(N, 1 / N), np.full(M, 1 / M), _cost(x, y))
+    np.testing.assert_allclose(
+        out.xy.transport_cost, exact, atol=errors[-1] * _cost(x, y).max() + 1e-3
+    )
