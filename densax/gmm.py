@@ -10,40 +10,50 @@ in one ``lax.while_loop``, ``n_init`` restarts in parallel under ``vmap``),
 and data-parallel EM (``axis_name``) come with every estimation step.
 
 How the EM iteration is computed. A component's weighted log-density is a
-quadratic polynomial in ``x``::
+quadratic polynomial in local coordinates ``z`` of ``x``::
 
-  log w_k + log N(x | mu_k, P_k^-1)
-      = c_k + x^T (P_k mu_k) - 1/2 sum_{i<=j} (2 - [i=j]) P_k,ij x_i x_j,
+  log w_k + log N(x | mu_k, P_k^-1) = phi(z) @ coef_k,
+  phi(z) = [1, z, (z_i z_j)_{i<=j}]   ([1, z, z**2] diag, [1, z, |z|^2] spherical),
 
-so with the feature block ``phi(x) = [1, x, (x_i x_j)_{i<=j}]`` (``[n, F]``,
-``F = 1 + d + d(d+1)/2``; ``[1, x, x**2]`` for ``diag``, ``[1, x, |x|^2]`` for
-``spherical``), built once per fit, the E-step is one ``[n, F] @ [F, K]``
-matmul followed by a ``logsumexp`` and the M-step's sufficient statistics
-(counts, first and second moments of every component) are one ``[K, n] @ [n,
-F]`` matmul. No ``[n, K, d]`` or ``[n, K, d, d]`` array is ever formed, and the
-flops are about half of the direct ``(x - mu_k) U_k`` form. The data are
-centred at their (weighted) mean first: the expanded form cancels terms of
-size ``kappa_k = (mu_k - xbar)^T P_k (mu_k - xbar) + tr(P_k Cov(x))`` down to
-the size of the result, so it keeps about ``-log10(eps * kappa_k)`` digits.
-In float64 that is ample; in float32 the E-step log-densities are accurate to
-about ``1e-6 * kappa`` (see the tests for measured agreement with
-scikit-learn), which matters only for components that are very narrow
-relative to their distance from the data mean: fit those in float64.
-:func:`log_prob`, :func:`predict_proba` and :func:`predict`, which users call
-on new points, use the direct form ``|U_k^T (x - mu_k)|^2`` instead and are
-accurate to rounding in either dtype.
+so the E-step is one ``[n, F] @ [F, K]`` matmul (``F = 1 + d + d(d+1)/2``)
+and a ``logsumexp``, and the M-step's sufficient statistics (the counts,
+first and second moments of every component) are one ``[K, n] @ [n, F]``
+matmul. No ``[n, K, d]`` or ``[n, K, d, d]`` array is formed, and the flops
+are about half those of the direct form ``|U_k^T (x - mu_k)|^2``.
+
+Expanding the quadratic form cancels terms of size ``|z|^2 ||P_k||`` down to
+the size of the result: with one origin for all samples (the data mean),
+float32 would lose as many digits as the log10 of the squared Mahalanobis
+distance from that origin to the samples, which is catastrophic for narrow
+or elongated components far from the mean (measured: 1e-3 relative error of
+the log-likelihood on the benchmark's data, where scikit-learn has 1e-6).
+So, once per fit, the samples are cut into cells (k-means with 2K cells,
+seeded by k-means++ on a subsample; the cells depend on the data only, so
+every restart shares them) and each sample takes the coordinates of its
+cell: ``z = L_c^-1 (x - mean_c)`` with ``L_c`` the Cholesky factor of the
+cell's covariance (full/tied; diag/spherical need no whitening). The samples
+are sorted by cell into blocks of B rows, one cell per block, so the steps
+are batched matmuls with each block's coefficients, and the M-step moves the
+per-cell statistics back to data coordinates exactly. Every term then has the
+size of a Mahalanobis distance within a cell: float32 keeps the accuracy of
+the direct form, at the speed of the expanded one. :func:`log_prob`,
+:func:`predict_proba` and :func:`predict`, for new points, use the direct
+form; :func:`e_step`, :func:`m_step` and :func:`em_step` cut their data into
+cells on every call (use :func:`fit` for many iterations).
 
 Degenerate cases. ``reg_covar`` is added to every covariance's diagonal, as in
 scikit-learn. A component that loses all its points keeps a weight of about
 ``10 eps / n``, mean 0 and covariance ``reg_covar I`` (as in scikit-learn),
-and stays finite. Variances of ``diag``/``spherical`` components are clipped at zero
-before ``reg_covar`` is added (rounding can make ``E[x^2] - mu^2`` slightly
-negative). A ``full``/``tied`` covariance whose Cholesky factorisation fails
-after ``reg_covar`` (only through rounding, e.g. a float32 component collapsed
-on duplicate points) gets ``d * eps * trace(E[x x^T])`` more on its diagonal.
-When the log-likelihood becomes non-finite anyway (NaN or inf in ``x`` under a
-transformation, ``reg_covar=0`` with a collapsed component) :func:`fit` stops
-and reports ``converged=False``.
+and stays finite. Variances of ``diag``/``spherical`` components are clipped
+at zero before ``reg_covar`` is added (rounding can make a vanishing variance
+slightly negative). A ``full``/``tied`` covariance whose Cholesky
+factorisation fails after ``reg_covar`` (only through rounding, e.g. a
+float32 component collapsed on duplicate points) gets ``d eps`` times the
+size of its second moments more on its diagonal. With ``reg_covar > 0`` EM is
+a penalised EM whose log-likelihood can dip by rounding-sized amounts near
+convergence (scikit-learn's too). When the log-likelihood becomes non-finite
+(NaN or inf in ``x`` under a transformation, ``reg_covar=0`` with a
+collapsed component) :func:`fit` stops and reports ``converged=False``.
 
 References:
   Dempster, Laird and Rubin (1977), Maximum likelihood from incomplete data
@@ -102,7 +112,7 @@ INIT_METHODS = ("kmeans", "kmeans++", "random", "random_from_data")
 _HIGHEST = jax.lax.Precision.HIGHEST
 _LLOYD_ITERATIONS = 10  # Lloyd iterations of the "kmeans" initialisation
 _MAX_CELLS = 64  # at most this many cells with their own coordinates
-_PARTITION_SAMPLE = 1024  # the cells are seeded on about this many samples
+_PARTITION_SAMPLE = 4096  # the cells are found on about this many samples
 _LOG_2PI = math.log(2 * math.pi)
 
 
@@ -437,10 +447,11 @@ def _initial_params(
             centres = _kmeans_plusplus(key, xg, wg, k)
         if method == "kmeans":
             centres = _lloyd(xg, wg, centres)
-        labels = jnp.argmin(_sq_distances(centres, x - centre), axis=0)
+        labels = jnp.argmin(_sq_distances(x - centre, centres), axis=1)
         resp = jax.nn.one_hot(labels, k, dtype=x.dtype)
-    resp = _to_blocks(resp, blocks.position, blocks.w.shape)
-    return _m_step_blocks(blocks, resp, reg_covar, covariance_type, axis_name)
+    return _m_step_blocks(
+        blocks, _to_blocks(resp, blocks), reg_covar, covariance_type, axis_name
+    )
 
 
 def _gather(tree, axis_name):
@@ -450,10 +461,10 @@ def _gather(tree, axis_name):
     return jax.lax.all_gather(tree, axis_name, tiled=True, to="invarying")
 
 
-def _sq_distances(centres, x):
-    """[m, n] squared distances between ``centres`` [m, d] and ``x`` [n, d]."""
-    cross = jnp.matmul(centres, x.T, precision=_HIGHEST)
-    sq = jnp.sum(centres**2, 1)[:, None] - 2 * cross + jnp.sum(x**2, 1)[None, :]
+def _sq_distances(x, centres):
+    """[n, m] squared distances between ``x`` [n, d] and ``centres`` [m, d]."""
+    cross = jnp.matmul(x, centres.T, precision=_HIGHEST)
+    sq = jnp.sum(x**2, 1)[:, None] - 2 * cross + jnp.sum(centres**2, 1)[None, :]
     return jnp.maximum(sq, 0)
 
 
@@ -468,7 +479,7 @@ def _kmeans_plusplus(key, x, w, k):
     u = jax.random.uniform(key, (k, n_trials), x.dtype)  # all the randomness
     first = x[_sample_index(u[0, :1], w)[0]]
     centres = jnp.zeros((k, x.shape[1]), x.dtype).at[0].set(first)
-    closest = _sq_distances(first[None], x)[0]  # [n]
+    closest = _sq_distances(x, first[None])[:, 0]  # [n]
 
     def add_centre(i, carry):
         centres, closest = carry
@@ -476,9 +487,9 @@ def _kmeans_plusplus(key, x, w, k):
         # Every sample on a centre already (fewer distinct points than K):
         # sample by weight alone.
         cand = _sample_index(u[i], jnp.where(jnp.sum(mass) > 0, mass, w))
-        new_closest = jnp.minimum(closest, _sq_distances(x[cand], x))  # [trials, n]
-        best = jnp.argmin(new_closest @ w)
-        return centres.at[i].set(x[cand[best]]), new_closest[best]
+        new_closest = jnp.minimum(closest[:, None], _sq_distances(x, x[cand]))
+        best = jnp.argmin(w @ new_closest)  # the trial that most reduces the cost
+        return centres.at[i].set(x[cand[best]]), new_closest[:, best]
 
     centres, _ = jax.lax.fori_loop(1, k, add_centre, (centres, closest))
     return centres
@@ -498,12 +509,12 @@ def _sample_index(u, mass):
 
 def _lloyd(x, w, centres, axis_name=None):
     """Weighted Lloyd iterations; an emptied cluster keeps its centre."""
+    k = centres.shape[0]
 
     def step(_, centres):
-        labels = jnp.argmin(_sq_distances(centres, x), axis=0)
-        onehot = jax.nn.one_hot(labels, centres.shape[0], dtype=x.dtype) * w[:, None]
-        counts = _psum(jnp.sum(onehot, axis=0), axis_name)[:, None]
-        sums = _psum(jnp.matmul(onehot.T, x, precision=_HIGHEST), axis_name)
+        labels = jnp.argmin(_sq_distances(x, centres), axis=1)
+        counts = _psum(jax.ops.segment_sum(w, labels, k), axis_name)[:, None]
+        sums = _psum(jax.ops.segment_sum(w[:, None] * x, labels, k), axis_name)
         return jnp.where(counts > 0, sums / jnp.where(counts > 0, counts, 1), centres)
 
     return jax.lax.fori_loop(0, _LLOYD_ITERATIONS, step, centres)
@@ -526,42 +537,55 @@ class _Blocks(NamedTuple):
     group: jax.Array  # [NB] int32: the cell of each block
     frames: jax.Array  # [G, d]: the origin of each cell
     scales: jax.Array | None  # [G, d, d] lower-triangular L_c (full/tied only)
+    source: jax.Array  # [NB, B] int32: the sample in each row (any, on padding)
     position: jax.Array  # [n] int32: the row of each sample in the flat blocks
 
 
 @functools.partial(jax.jit, static_argnames=("n_cells", "covariance_type", "axis_name"))
 def _blocks(x, w, *, n_cells, covariance_type, axis_name):
     """Cuts the samples into cells and builds their features, once per fit."""
-    n, g = x.shape[0], n_cells
-    labels, frames, scales = _partition(x, w, g, covariance_type, axis_name)
+    n, d = x.shape
+    g = n_cells
+    labels, frames = _partition(x, w, g, axis_name)
     size = _block_size(n, g)
     n_blocks = -(-n // size) + g  # each cell wastes less than one block
-    # Cell c occupies the blocks from start[c] / size on, in label order.
+    # Cell c fills whole blocks, from row start[c] on, in label order.
     counts = jnp.bincount(labels, length=g)
     blocks_per_cell = (counts + size - 1) // size
     start = (jnp.cumsum(blocks_per_cell) - blocks_per_cell) * size
     order = jnp.argsort(labels, stable=True)
     sorted_labels = labels[order]
     rank = jnp.arange(n) - (jnp.cumsum(counts) - counts)[sorted_labels]
-    position = (
-        jnp.zeros(n, jnp.int32)
-        .at[order]
-        .set((start[sorted_labels] + rank).astype(jnp.int32))
-    )
-    group = jnp.searchsorted(
-        jnp.cumsum(blocks_per_cell), jnp.arange(n_blocks), side="right"
-    )
+    row_of_sorted = (start[sorted_labels] + rank).astype(jnp.int32)  # increasing
+    position = row_of_sorted[jnp.argsort(order)]
+    # Gathers rather than scatters: the sorted sample (if any) of every row.
+    rows = jnp.arange(n_blocks * size, dtype=jnp.int32)
+    j = jnp.minimum(jnp.searchsorted(row_of_sorted, rows), n - 1)
+    filled = (row_of_sorted[j] == rows).reshape(n_blocks, size)
+    source = order[j].reshape(n_blocks, size).astype(jnp.int32)
+    group = jnp.searchsorted(jnp.cumsum(blocks_per_cell), jnp.arange(n_blocks), "right")
     group = jnp.minimum(group, g - 1).astype(jnp.int32)
-    shape = (n_blocks, size)
-    z = _to_blocks(x - frames[labels], position, shape)
-    if scales is not None:
+    w = jnp.where(filled, w[source], 0)
+    z = jnp.where(filled[..., None], x[source] - frames[group][:, None], 0)
+    scales = None
+    if covariance_type in ("full", "tied"):
+        # Whitened by each cell's covariance, from the blocks' Gram matrices.
+        z_ = jax.lax.stop_gradient(z)
+        gram = jnp.einsum("bn,bni,bnj->bij", w, z_, z_, precision=_HIGHEST)
+        second = jax.ops.segment_sum(gram, group, g)
+        total = jax.ops.segment_sum(jnp.sum(w, axis=1), group, g)
+        second, total = _psum((second, total), axis_name)
+        cov = second / jnp.where(total > 0, total, 1)[:, None, None]
+        # Regularised so that a cell of identical samples still has a factor.
+        trace = jnp.trace(cov, axis1=-2, axis2=-1)
+        jitter = jnp.where(trace > 0, 1e-6 * trace / d, 1.0)[:, None, None]
+        scales = jnp.linalg.cholesky(cov + jitter * jnp.eye(d, dtype=x.dtype))
         inverse = _inverse_transpose(scales).swapaxes(-1, -2)  # L_c^-1
         z = jnp.einsum("bnd,bed->bne", z, inverse[group], precision=_HIGHEST)
     phi = jnp.concatenate(
         [jnp.ones_like(z[..., :1]), z, _quadratic_features(z, covariance_type)], -1
     )
-    w = _to_blocks(w, position, shape)
-    return _Blocks(phi, w, group, frames, scales, position)
+    return _Blocks(phi, w, group, frames, scales, source, position)
 
 
 def _blocks_for(x, w, n_components, covariance_type, axis_name):
@@ -572,44 +596,50 @@ def _blocks_for(x, w, n_components, covariance_type, axis_name):
     )
 
 
-def _partition(x, w, g, covariance_type, axis_name):
-    """Cells of the data (k-means), with their means and covariance factors.
+def _partition(x, w, g, axis_name):
+    """Cells of the data (k-means) and their weighted means.
 
-    The cells depend on the data only: seeded by k-means++ on a subsample,
-    refined by Lloyd iterations. They are a choice of coordinates, which the
-    results do not depend on (up to rounding): no gradient flows through them.
+    The cells depend on the data only: k-means (farthest-point seeds and Lloyd
+    iterations) on a strided subsample. They are a choice of coordinates, which
+    the results do not depend on (up to rounding): no gradient flows through
+    them.
 
     Returns:
-      ``(labels, frames, scales)``: [n] the cell of each sample, [g, d] the
-      cells' weighted means, [g, d, d] the Cholesky factors of the cells'
-      covariances (full/tied; ``None`` otherwise).
+      ``(labels, frames)``: [n] the cell of each sample, [g, d] the cells'
+      weighted means (the seed of an empty cell).
     """
-    x_, w_ = jax.lax.stop_gradient((x, w))
+    x, w = jax.lax.stop_gradient((x, w))
     stride = max(1, x.shape[0] // _PARTITION_SAMPLE)
-    xs, ws = _gather((x_[::stride], w_[::stride]), axis_name)
+    xs, ws = _gather((x[::stride], w[::stride]), axis_name)
     centre = jnp.mean(xs, axis=0)  # distances in centred coordinates
-    xc = x_ - centre
-    seeds = _kmeans_plusplus(jax.random.key(0), xs - centre, ws, g)
-    seeds = _lloyd(xc, w_, seeds, axis_name)
-    labels = jnp.argmin(_sq_distances(seeds, xc), axis=0)
-    counts = _psum(jax.ops.segment_sum(w_, labels, g), axis_name)
-    sums = _psum(jax.ops.segment_sum(w_[:, None] * xc, labels, g), axis_name)
-    full = counts > 0
-    frames = jnp.where(full[:, None], sums / jnp.where(full, counts, 1)[:, None], seeds)
-    if covariance_type not in ("full", "tied"):
-        return labels, frames + centre, None
-    local = xc - frames[labels]
-    quad = _quadratic_features(local, "full") * w_[:, None]
-    second = _psum(jax.ops.segment_sum(quad, labels, g), axis_name)
-    d = x.shape[1]
-    cov = second[:, _symmetric_index(d)] / jnp.where(full, counts, 1)[:, None, None]
-    # Regularised so that a cell of identical samples still has a factor.
-    trace = jnp.trace(cov, axis1=-2, axis2=-1)
-    jitter = jnp.where(trace > 0, 1e-6 * trace / d, 1.0)
-    scales = jnp.linalg.cholesky(
-        cov + jitter[:, None, None] * jnp.eye(d, dtype=x.dtype)
-    )
-    return labels, frames + centre, scales
+    xs, xc = xs - centre, x - centre
+    seeds = _lloyd(xs, ws, _farthest_points(xs, ws, g))
+    labels = jnp.argmin(_sq_distances(xc, seeds), axis=1)
+    counts = _psum(jax.ops.segment_sum(w, labels, g), axis_name)[:, None]
+    sums = _psum(jax.ops.segment_sum(w[:, None] * xc, labels, g), axis_name)
+    frames = jnp.where(counts > 0, sums / jnp.where(counts > 0, counts, 1), seeds)
+    return labels, frames + centre
+
+
+def _farthest_points(x, w, k):
+    """Seeds [k, d]: each the sample (of positive weight) farthest from the others.
+
+    Deterministic and cheap; it reaches every isolated cluster, which is what
+    the cells need (k-means++ sampling does the same for the initialisation).
+    """
+    far = jnp.where(w > 0, _sq_distances(x, jnp.mean(x, 0, keepdims=True))[:, 0], -1)
+    first = x[jnp.argmax(far)]
+    seeds = jnp.zeros((k, x.shape[1]), x.dtype).at[0].set(first)
+    closest = _sq_distances(x, first[None])[:, 0]
+
+    def add_seed(i, carry):
+        seeds, closest = carry
+        new = x[jnp.argmax(jnp.where(w > 0, closest, -1))]
+        closest = jnp.minimum(closest, _sq_distances(x, new[None])[:, 0])
+        return seeds.at[i].set(new), closest
+
+    seeds, _ = jax.lax.fori_loop(1, k, add_seed, (seeds, closest))
+    return seeds
 
 
 def _block_size(n, g):
@@ -618,10 +648,12 @@ def _block_size(n, g):
     return 1 << (target.bit_length() - 1)
 
 
-def _to_blocks(values, position, shape):
-    """[n, ...] per-sample values to the block layout ``shape + ...`` (zero padding)."""
-    flat = jnp.zeros((shape[0] * shape[1], *values.shape[1:]), values.dtype)
-    return flat.at[position].set(values).reshape(*shape, *values.shape[1:])
+def _to_blocks(values, blocks):
+    """[n, ...] per-sample values in the block layout [NB, B, ...].
+
+    Padding rows repeat some sample's values; their weight is zero.
+    """
+    return values[blocks.source]
 
 
 def _from_blocks(values, blocks):
@@ -631,10 +663,9 @@ def _from_blocks(values, blocks):
 
 def _quadratic_features(z, covariance_type):
     """The quadratic terms [..., Fq] of the expanded Gaussian log-density."""
-    d = z.shape[-1]
     if covariance_type in ("full", "tied"):
-        # z_i z_j for i <= j, row-major: the order of np.triu_indices.
-        return jnp.concatenate([z[..., i : i + 1] * z[..., i:] for i in range(d)], -1)
+        iu, ju = np.triu_indices(z.shape[-1])  # z_i z_j for i <= j, row-major
+        return z[..., iu] * z[..., ju]
     if covariance_type == "diag":
         return z * z
     return jnp.sum(z * z, axis=-1, keepdims=True)
@@ -897,7 +928,7 @@ def m_step(
 
 @functools.partial(jax.jit, static_argnames=("covariance_type", "axis_name"))
 def _m_step(log_resp, blocks, reg_covar, *, covariance_type, axis_name):
-    resp = _to_blocks(jnp.exp(log_resp), blocks.position, blocks.w.shape)
+    resp = _to_blocks(jnp.exp(log_resp), blocks)
     return _m_step_blocks(blocks, resp, reg_covar, covariance_type, axis_name)
 
 
