@@ -1,4 +1,8 @@
-"""Optimal transport distances with exact solutions: 1D and sliced Wasserstein.
+"""Optimal transport: exact 1D and sliced Wasserstein, entropic OT (Sinkhorn).
+
+This module holds the exact solutions; the log-domain Sinkhorn solver, the
+Sinkhorn divergence and their helpers live in ``densax._sinkhorn`` and are
+exported here (``densax.ot.sinkhorn``, ``densax.ot.sinkhorn_divergence``, ...).
 
 On the real line the optimal coupling between two weighted empirical measures
 is the monotone rearrangement: it pairs the quantile functions, so
@@ -226,7 +230,7 @@ def _transport(xp, u, v, u_weights, v_weights, *, p, want):
     (pu, su, cu, total_u), (pv, sv, cv, total_v) = _pair(
         xp, sort, (u, u_weights), (v, v_weights)
     )
-    if uniform and n == m:
+    if uniform and n == m and want == "grad":
         d = su - sv
         g = _dcost(xp, d, p) / n
         grads = (_unsort(xp, g, pu), _unsort(xp, -g, pv))

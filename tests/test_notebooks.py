@@ -4,13 +4,13 @@ Each notebook reads ``DENSAX_NOTEBOOK_SMALL=1`` (set here) in its first code
 cell and shrinks its problem sizes and iteration counts accordingly.
 """
 
+import os
 from pathlib import Path
 
 import pytest
 
-NOTEBOOKS = sorted(
-    (Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb")
-)
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -21,6 +21,9 @@ def test_notebook_runs(path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     # A single device in the kernel: the notebook's own XLA flags, if any, win.
     monkeypatch.delenv("XLA_FLAGS", raising=False)
+    # The kernel imports this checkout's densax even without an install.
+    pythonpath = [str(ROOT), os.environ.get("PYTHONPATH")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, pythonpath)))
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
         nb,

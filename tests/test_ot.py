@@ -103,6 +103,13 @@ def test_matches_linear_program_and_coupling_is_optimal(x64, path, p):
     np.testing.assert_allclose(dense.sum(1), a, atol=1e-15)
     np.testing.assert_allclose(dense.sum(0), b, atol=1e-15)
     np.testing.assert_allclose((dense * cost).sum(), w**p, **TOL64)
+    # Uniform weights and equal sizes (the sorted-pairs fast path of the value).
+    w, plan = ot.wasserstein_1d(u[:6], v, p=p, return_coupling=True)
+    dense = _dense(plan, 6, 6)
+    np.testing.assert_allclose(dense.sum(1), np.full(6, 1 / 6), atol=1e-15)
+    np.testing.assert_allclose(dense.sum(0), np.full(6, 1 / 6), atol=1e-15)
+    np.testing.assert_allclose((dense * cost[:6]).sum(), w**p, **TOL64)
+    np.testing.assert_allclose(w**p, pot.emd2([], [], cost[:6]), **TOL64)
 
 
 def test_float32_against_float64_reference():

@@ -1,5 +1,7 @@
 """Executes every ```python block of README.md, in order, so the README stays true."""
 
+import importlib
+import inspect
 import re
 from pathlib import Path
 
@@ -16,3 +18,29 @@ def test_readme_block_runs(index):
         compile(code, f"README.md[python block {index}]", "exec"),
         {"__name__": "readme"},
     )
+
+
+MODULES = (
+    "gaussian",
+    "gmm",
+    "kde",
+    "divergences",
+    "ot",
+    "datasets",
+    "metrics",
+    "generative",
+    "generative.losses",
+    "generative.diffusion",
+    "generative.checkpoint",
+    "generative.models",
+)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_api_reference_lists_every_public_name(module):
+    mod = importlib.import_module(f"densax.{module}")
+    text = README.read_text()
+    section = text.split(f"**`densax.{module}`**", 1)[1].split("\n\n**", 1)[0]
+    for name in mod.__all__:
+        if not inspect.ismodule(getattr(mod, name)):
+            assert f"`{name}" in section, f"densax.{module}.{name} missing in README"
