@@ -95,7 +95,8 @@ def flax_wgan_gp(key, data, num_steps, batch_size=256, n_critic=5, gp_weight=1.0
     gen = MLP(2, 2, rngs=nnx.Rngs(k_g))
     critic = MLP(2, 1, rngs=nnx.Rngs(k_c))
     opt_g = nnx.Optimizer(gen, _peer_tx(num_steps), wrt=nnx.Param)
-    opt_c = nnx.Optimizer(critic, _peer_tx(num_steps), wrt=nnx.Param)
+    # The critic's schedule spans its n_critic updates per generator step.
+    opt_c = nnx.Optimizer(critic, _peer_tx(num_steps * n_critic), wrt=nnx.Param)
     for i in range(num_steps):
         key = jax.random.fold_in(k_run, i)
         _peer_step(

@@ -60,6 +60,31 @@ def test_wgan_clip_keeps_critic_weights_clipped(runs):
         assert float(jnp.max(jnp.abs(w))) <= clip + np.spacing(np.float32(clip))
 
 
+@pytest.mark.parametrize("method", ["wgan-clip", "wgan-gp"])
+def test_critic_schedule_spans_every_critic_step(method):
+    # The critic takes n_critic Adam steps per generator step: its cosine
+    # schedule must reach 0 at the end of the run, not after num_steps of its
+    # own steps (a frozen critic lets the generator run away).
+    opts = METHODS[method].options()
+    num_steps = 4
+    optimizers = METHODS[method].optimizers(opts, num_steps)
+    params = {"w": jnp.zeros(())}
+
+    def moves(name, n_updates):
+        tx = optimizers[name]
+        state = tx.init(params)
+        grad = {"w": jnp.ones(())}
+        for _ in range(n_updates):
+            update, state = tx.update(grad, state, params)
+        return abs(float(update["w"]))
+
+    n_critic = opts.n_critic
+    assert moves("critic", num_steps * n_critic - 1) > 0
+    assert moves("critic", num_steps * n_critic + 1) == 0
+    assert moves("generator", num_steps - 1) > 0
+    assert moves("generator", num_steps + 1) == 0
+
+
 @pytest.fixture(scope="module")
 def sliced(data):
     return train(jax.random.key(1), data, method="sliced", num_steps=300, **TINY)

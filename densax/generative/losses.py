@@ -348,7 +348,7 @@ def sinkhorn_loss(
     real: Any,
     *,
     epsilon: float = 0.01,
-    max_iterations: int = 50,
+    max_iterations: int = 100,
     threshold: float = 1e-3,
     axis_name: Any = None,
 ) -> jax.Array:
@@ -357,8 +357,11 @@ def sinkhorn_loss(
     The generator loss of Genevay et al. (2018) with the debiasing of Feydy et
     al. (2019), from :func:`densax.ot.sinkhorn_divergence`, differentiated by
     the envelope theorem (one pass per problem). At most ``max_iterations``
-    Sinkhorn iterations per problem keep each training step's cost bounded;
-    the warm start of epsilon-scaling makes a few dozen enough on 2D batches.
+    Sinkhorn iterations per problem keep each training step's cost bounded.
+    The budget matters: when the two batches' cluster counts differ and
+    ``epsilon`` is far below the squared distance between clusters, the
+    solve converges slowly and an unconverged solve gives a biased gradient
+    (see :mod:`densax.generative.gans`).
 
     With ``axis_name`` the generated batch stays sharded (the cross problem's
     rows and the self-problem are split over the devices by
