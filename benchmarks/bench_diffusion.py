@@ -299,7 +299,7 @@ def main():
                     accuracy=acc,
                     unit=f"{num_steps} steps (incl. compile)",
                     cpu_s=round(cpu, 1),
-                    note="pass" if passed else "fail",
+                    note=f"{'pass' if passed else 'fail'}, CPU {cpu:.0f} s",
                 )
             )
             if seed == 0:

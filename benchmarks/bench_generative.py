@@ -202,7 +202,7 @@ def main():
                     unit=f"{num_steps} steps (incl. compile)",
                     cpu_s=round(cpu, 1),
                     finite=result.finite,
-                    note="pass" if passed else "fail",
+                    note=f"{'pass' if passed else 'fail'}, CPU {cpu:.0f} s",
                 )
             )
     for method, passes in summary.items():
