@@ -17,6 +17,10 @@ Three parts, all on ``densax.datasets.eight_gaussians`` (radius 2, std 0.02):
    the weight-clipped WGAN are reported as they are).
 3. The wall-clock and process CPU time of each acceptance run.
 
+``--quick`` is a smoke run (about 20 s): 20 steps per method, no Flax peer,
+the acceptance path on the required methods and one seed, scored on one
+draw.
+
 Usage::
 
     flock /tmp/densax-bench.lock python benchmarks/bench_generative.py [--quick]
@@ -45,13 +49,18 @@ MODES = datasets.eight_gaussians_modes()
 N_EVAL = 1000
 
 
-def quality(result, floor, key):
-    """Modes, high-quality fraction and SW2 / noise floor of a trained model."""
+def quality(result, floor, key, n_draws=4, n_cover=2000):
+    """Modes, high-quality fraction and SW2 / noise floor of a trained model.
+
+    ``n_draws`` pairs of N_EVAL points for SW2, ``n_cover`` samples for the
+    mode coverage (``--quick`` uses one draw and N_EVAL samples: one shape,
+    one compilation).
+    """
     k_cov, k_sw = jax.random.split(key)
-    x = sample(result, k_cov, 2000)
+    x = sample(result, k_cov, n_cover)
     cov = metrics.mode_coverage(x, MODES.centres, MODES.std)
     sw = []
-    for k in jax.random.split(k_sw, 4):
+    for k in jax.random.split(k_sw, n_draws):
         k_gen, k_true, k_proj = jax.random.split(k, 3)
         gen = sample(result, k_gen, N_EVAL)
         true = datasets.eight_gaussians(k_true, N_EVAL)
@@ -113,16 +122,19 @@ def main():
     data = datasets.eight_gaussians(jax.random.key(0), 10_000)
     floor = float(
         metrics.sw2_noise_floor(
-            jax.random.key(1), datasets.eight_gaussians, N_EVAL, n_repeats=16
+            jax.random.key(1),
+            datasets.eight_gaussians,
+            N_EVAL,
+            n_repeats=4 if quick else 16,
         )
     )
     print(f"SW2 noise floor at n={N_EVAL}: {floor:.4f}")
     records = []
 
     # 1. Throughput at batch 256, default 128-wide networks.
-    steps = 50 if quick else 500
+    steps, chunk = (20, 20) if quick else (500, 50)
     for method in METHODS:
-        kw = dict(method=method, num_steps=steps, batch_size=256, chunk_size=50)
+        kw = dict(method=method, num_steps=steps, batch_size=256, chunk_size=chunk)
         last = {}
 
         def run(kw=kw, last=last):
@@ -131,7 +143,7 @@ def main():
 
         timing = time_fn(run, repeat=1 if quick else 3, budget_s=60)
         rate = steps / timing["time_s"]
-        acc = quality(last["result"], floor, jax.random.key(3))
+        acc = {} if quick else quality(last["result"], floor, jax.random.key(3))
         print(f"{method:10s} {rate:8.1f} steps/s  {acc}")
         records.append(
             record(
@@ -144,15 +156,15 @@ def main():
                 steps_per_s=round(rate, 1),
             )
         )
-        if method == "wgan-gp":
-            peer_steps = 10 if quick else 100
+        if method == "wgan-gp" and not quick:  # the peer compiles for seconds
+            peer_steps = 100
             holder = {}
 
             def peer(holder=holder, peer_steps=peer_steps):
                 holder["gen"] = flax_wgan_gp(jax.random.key(2), data, peer_steps)
                 return nnx.state(holder["gen"])
 
-            t_peer = time_fn(peer, repeat=1 if quick else 3, budget_s=60)
+            t_peer = time_fn(peer, repeat=3, budget_s=60)
             # Scale the peer's time to the same number of steps.
             scaled = {
                 k: v * steps / peer_steps for k, v in t_peer.items() if k != "n_runs"
@@ -173,22 +185,24 @@ def main():
             )
 
     # 2-3. Acceptance: library defaults, 3000 steps, 3 seeds.
-    num_steps = 100 if quick else 3000
+    num_steps = chunk if quick else 3000
     seeds = (0,) if quick else (0, 1, 2)
+    scoring = dict(n_draws=1, n_cover=N_EVAL) if quick else {}
     summary = {}
-    for method in METHODS:
+    # --quick smoke-tests the acceptance path on the required methods only.
+    for method in REQUIRED if quick else METHODS:
         for seed in seeds:
             x = datasets.eight_gaussians(jax.random.key(100 + seed), 10_000)
             t0, c0 = time.perf_counter(), time.process_time()
             # --quick reuses the throughput runs' compiled chunks (same batch
             # and chunk size) instead of compiling the defaults again.
-            fast = dict(batch_size=256, chunk_size=50, eval_size=0) if quick else {}
+            fast = dict(batch_size=256, chunk_size=chunk, eval_size=0) if quick else {}
             result = train(
                 jax.random.key(seed), x, method=method, num_steps=num_steps, **fast
             )
             jax.block_until_ready(result.state.params)
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-            acc = quality(result, floor, jax.random.key(1000 + seed))
+            acc = quality(result, floor, jax.random.key(1000 + seed), **scoring)
             passed = acc["modes"] == 8 and acc["sw2_over_floor"] <= 1.5
             summary.setdefault(method, []).append(passed)
             print(f"{method:10s} seed {seed}: {acc}  pass={passed}  {wall:.1f} s")
