@@ -233,6 +233,7 @@ def test_progress_callback_and_verbose(data, capsys):
     )
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and lines[-1].startswith("[wgan-gp] step 10/10")
+    assert "steps/s" in lines[-1] and "sw2" in lines[-1]
     assert [p.step for p in seen] == [5, 10]
     assert set(seen[0].losses) == {
         "critic",
