@@ -28,11 +28,13 @@ Critics take 5 steps per generator step for the WGANs, 1 for the JS-GAN;
 a critic's schedule spans its ``n_critic x num_steps`` updates, so that both
 networks' rates reach 0 together (a critic whose rate ran out first would
 freeze while the generator keeps climbing its slope: on short runs the
-samples then drift off to infinity). The gradient-penalty weight is 1.0:
-with 0.1 (their toy value) the critic leaves the mode weights unbalanced
-after 3000 steps. Minibatch OT losses are biased towards blurred samples by
-O(1/sqrt(batch)) (the expected order statistics of a small batch fall
-between modes), so the OT generators default to larger batches: 1024 for
+samples then drift off to infinity). The gradient-penalty weight is 1.0;
+their toy value 0.1 does as well on the benchmark (SW2 / noise floor 0.82,
+0.98, 0.78 against 0.82, 0.98, 0.79 at 1.0, 8/8 modes for both), and the
+firmer penalty keeps the critic closer to 1-Lipschitz. Minibatch OT
+losses are biased towards blurred samples by O(1/sqrt(batch)) (the expected
+order statistics of a small batch fall between modes), so the OT generators
+default to larger batches: 1024 for
 ``"sliced"``, 512 for ``"sinkhorn"`` (whose step costs O(batch^2)).
 
 The Sinkhorn generator keeps ``epsilon = 0.01`` (a blur of 0.1, five mode
@@ -173,8 +175,8 @@ class WGANGPOptions(GANOptions):
 
     Attributes:
       gp_weight: the penalty weight ``lambda`` (Gulrajani et al. use 0.1 on
-        toy data and 10 on images; 1.0 balances the modes best in 3000 steps,
-        see the module docstring).
+        toy data and 10 on images; 0.1 and 1.0 do equally well on 8
+        Gaussians, see the module docstring).
     """
 
     n_critic: int = 5
