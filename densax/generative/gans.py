@@ -34,8 +34,8 @@ their toy value 0.1 does as well on the benchmark (SW2 / noise floor 0.82,
 firmer penalty keeps the critic closer to 1-Lipschitz. Minibatch OT
 losses are biased towards blurred samples by O(1/sqrt(batch)) (the expected
 order statistics of a small batch fall between modes), so the OT generators
-default to larger batches: 1024 for
-``"sliced"``, 512 for ``"sinkhorn"`` (whose step costs O(batch^2)).
+default to larger batches: 1024 for ``"sliced"``, 512 for ``"sinkhorn"``
+(whose step costs O(batch^2)).
 
 The Sinkhorn generator keeps ``epsilon = 0.01`` (a blur of 0.1, five mode
 standard deviations, well below the 1.5 between modes) and gets 100
