@@ -1187,7 +1187,13 @@ def sinkhorn(
       cost_fn: an ``ott.geometry.costs.CostFn``; default ``SqEuclidean()``,
         which has a matrix-product fast path. Other costs are evaluated with
         ``cost_fn.all_pairs``.
-      threshold: tolerance on the L1 marginal error.
+      threshold: tolerance on the L1 marginal error. Rounding of the
+        exponents ``(f_i + g_j - C_ij) / epsilon`` puts a floor of the order
+        of ``u max|C| / epsilon`` under the reachable error (``u`` the unit
+        roundoff, ``6e-8`` in float32): in float32 at ``epsilon = 1e-4 x``
+        the cost scale that floor is a few ``1e-3``, so such a solve stays
+        finite but ends with ``converged=False`` at ``threshold=1e-3``. Use
+        float64 there.
       max_iterations: iteration budget (annealing iterations included); also
         the length of ``errors``.
       min_iterations: iterations run before convergence is tested.

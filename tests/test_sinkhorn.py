@@ -386,29 +386,50 @@ def test_jit_and_vmap():
 
 
 def test_no_retracing():
-    x, y, _, _ = _data(np.float32)
+    x, y, a, b = _data(np.float32)
     densax.ot.sinkhorn(x, y, epsilon=0.5)
     before = _sinkhorn._sinkhorn_core._cache_size()
     densax.ot.sinkhorn(x + 1.0, y, epsilon=0.7, threshold=1e-4)
     assert _sinkhorn._sinkhorn_core._cache_size() == before
+    # The options of test_online_equals_dense: compiled once in this file.
+    densax.ot.sinkhorn_divergence(x, y, a=a, b=b, epsilon=EPS, block_size=None)
+    before = _sinkhorn._divergence_core._cache_size()
+    densax.ot.sinkhorn_divergence(
+        x, y * 2.0, a=a[::-1], b=b[::-1], epsilon=0.3, block_size=None
+    )
+    assert _sinkhorn._divergence_core._cache_size() == before
 
 
 def test_sharded_equals_single_device(mesh):
     x, y, a, _ = _data(np.float32)  # N = 24 points split over 4 devices
     specs = (P("data"), P("data"), P())
 
-    def local(x, a, y):
-        out = densax.ot.sinkhorn(x, y, a=a, epsilon=EPS, axis_name="data")
-        return out.f, out.g, out.reg_cost, out.n_iter
+    u = np.linspace(-1.0, 1.0, N, dtype=np.float32)  # split like x
+    v = np.linspace(0.0, 2.0, M, dtype=np.float32)  # replicated like y
 
-    f, g, reg, n_iter = jax.shard_map(
-        local, mesh=mesh, in_specs=specs, out_specs=(P("data"), P(), P(), P())
-    )(x, a, y)
+    def local(x, a, y, u, v):
+        out = densax.ot.sinkhorn(x, y, a=a, epsilon=EPS, axis_name="data")
+        plan = densax.ot.transport_plan(out, axis_name="data")  # local rows
+        pv = densax.ot.apply_plan(out, v, axis_name="data")  # local rows
+        ptu = densax.ot.apply_plan(out, u, transpose=True, axis_name="data")
+        return out.f, out.g, out.reg_cost, out.n_iter, plan, pv, ptu
+
+    f, g, reg, n_iter, plan, pv, ptu = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(*specs, P("data"), P()),
+        out_specs=(P("data"), P(), P(), P(), P("data"), P("data"), P()),
+    )(x, a, y, u, v)
     ref = densax.ot.sinkhorn(x, y, a=a, epsilon=EPS)
     assert int(n_iter) == int(ref.n_iter)
     np.testing.assert_allclose(reg, ref.reg_cost, rtol=1e-5)
     np.testing.assert_allclose(f, ref.f, atol=1e-4)
     np.testing.assert_allclose(g, ref.g, atol=1e-4)
+    ref_plan = densax.ot.transport_plan(ref)
+    # Potentials agree to 1e-4 / EPS relative: so do the plan's entries.
+    np.testing.assert_allclose(plan, ref_plan, rtol=1e-3, atol=1e-7)
+    np.testing.assert_allclose(pv, ref_plan @ v, rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(ptu, ref_plan.T @ u, rtol=1e-3, atol=1e-6)
 
     # The divergence and its gradient, online (blocks of 4 rows) and sharded,
     # against the dense single-device computation.
@@ -510,6 +531,8 @@ def test_tiny_epsilon_float32_stays_finite():
         assert np.all(np.isfinite(leaf))
     errors = np.asarray(out.xy.errors)
     assert np.all(np.isfinite(errors)) and errors[-1] < 1e-2 * errors[0]
+    # The float32 rounding floor (see the threshold argument) is reported.
+    assert bool(out.xy.converged) == (errors[-1] <= 1e-3)
     # Near the exact OT cost (the marginals are off by at most the error).
     exact = pot.emd2(np.full(N, 1 / N), np.full(M, 1 / M), _cost(x, y))
     np.testing.assert_allclose(
