@@ -32,14 +32,22 @@ seeded by k-means++ on a subsample; the cells depend on the data only, so
 every restart shares them) and each sample takes the coordinates of its
 cell: ``z = L_c^-1 (x - mean_c)`` with ``L_c`` the Cholesky factor of the
 cell's covariance (full/tied; diag/spherical need no whitening). The samples
-are sorted by cell into blocks of B rows, one cell per block, so the steps
-are batched matmuls with each block's coefficients, and the M-step moves the
-per-cell statistics back to data coordinates exactly. Every term then has the
-size of a Mahalanobis distance within a cell: float32 keeps the accuracy of
-the direct form, at the speed of the expanded one. :func:`log_prob`,
-:func:`predict_proba` and :func:`predict`, for new points, use the direct
-form; :func:`e_step`, :func:`m_step` and :func:`em_step` cut their data into
-cells on every call (use :func:`fit` for many iterations).
+are sorted by cell into blocks of up to 1024 rows, one cell per block, so the
+steps are batched matmuls with each block's coefficients, and the M-step
+moves the per-cell statistics back to data coordinates exactly. One EM
+iteration of :func:`fit` runs the E-step and the M-step's matmul chunk by
+chunk (about 4096 rows, which stay in cache between the two), skipping the
+chunks of padding. Every term then has the size of a Mahalanobis distance
+within a cell. Measured in float32 on the benchmark's data (n = 100 000,
+d = 16, K = 16), the mean error of the per-sample log-densities is 1e-5 to
+1e-4, as scikit-learn's float32 direct form; a rare sample far from its
+cell's origin, in the metric of a narrow component, has a larger error
+(99.9th percentile up to 1e-2, the largest about 1 nat, against 4e-2 for
+scikit-learn), and the mean log-likelihood after 10 float32 iterations is
+within 1e-5 relative of the float64 fit's (five datasets). :func:`log_prob`,
+:func:`predict_proba`, :func:`predict` and :func:`e_step` use the direct
+form; :func:`m_step` and :func:`em_step` cut their data into cells on every
+call (use :func:`fit` for many iterations).
 
 Degenerate cases. ``reg_covar`` is added to every covariance's diagonal, as in
 scikit-learn. A component that loses all its points keeps a weight of about
@@ -113,6 +121,8 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 _LLOYD_ITERATIONS = 10  # Lloyd iterations of the "kmeans" initialisation
 _MAX_CELLS = 64  # at most this many cells with their own coordinates
 _PARTITION_SAMPLE = 4096  # the cells are found on about this many samples
+_MAX_BLOCK_ROWS = 1024  # rows per block of the EM matmuls, at most
+_CHUNK_ROWS = 4096  # rows per chunk of the fused EM iteration (fits in L2 cache)
 _LOG_2PI = math.log(2 * math.pi)
 
 
@@ -538,7 +548,7 @@ class _Blocks(NamedTuple):
     frames: jax.Array  # [G, d]: the origin of each cell
     scales: jax.Array | None  # [G, d, d] lower-triangular L_c (full/tied only)
     source: jax.Array  # [NB, B] int32: the sample in each row (any, on padding)
-    position: jax.Array  # [n] int32: the row of each sample in the flat blocks
+    used: jax.Array  # [] int32: the blocks holding samples come first, the rest pad
 
 
 @functools.partial(jax.jit, static_argnames=("n_cells", "covariance_type", "axis_name"))
@@ -549,20 +559,21 @@ def _blocks(x, w, *, n_cells, covariance_type, axis_name):
     labels, frames = _partition(x, w, g, axis_name)
     size = _block_size(n, g)
     n_blocks = -(-n // size) + g  # each cell wastes less than one block
+    chunk = _chunk(size, n_blocks)
+    n_blocks = -(-n_blocks // chunk) * chunk  # whole chunks
     # Cell c fills whole blocks, from row start[c] on, in label order.
     counts = jnp.bincount(labels, length=g)
     blocks_per_cell = (counts + size - 1) // size
     start = (jnp.cumsum(blocks_per_cell) - blocks_per_cell) * size
-    order = jnp.argsort(labels, stable=True)
+    order = _stable_argsort(labels, g)
     sorted_labels = labels[order]
     rank = jnp.arange(n) - (jnp.cumsum(counts) - counts)[sorted_labels]
-    row_of_sorted = (start[sorted_labels] + rank).astype(jnp.int32)  # increasing
-    position = row_of_sorted[jnp.argsort(order)]
-    # Gathers rather than scatters: the sorted sample (if any) of every row.
-    rows = jnp.arange(n_blocks * size, dtype=jnp.int32)
-    j = jnp.minimum(jnp.searchsorted(row_of_sorted, rows), n - 1)
-    filled = (row_of_sorted[j] == rows).reshape(n_blocks, size)
-    source = order[j].reshape(n_blocks, size).astype(jnp.int32)
+    row_of_sorted = (start[sorted_labels] + rank).astype(jnp.int32)
+    # The sample of every row (sample 0 on padding rows, of weight zero).
+    rows = n_blocks * size
+    filled = jnp.zeros(rows, bool).at[row_of_sorted].set(True).reshape(-1, size)
+    source = jnp.zeros(rows, jnp.int32).at[row_of_sorted].set(order.astype(jnp.int32))
+    source = source.reshape(-1, size)
     group = jnp.searchsorted(jnp.cumsum(blocks_per_cell), jnp.arange(n_blocks), "right")
     group = jnp.minimum(group, g - 1).astype(jnp.int32)
     w = jnp.where(filled, w[source], 0)
@@ -582,10 +593,9 @@ def _blocks(x, w, *, n_cells, covariance_type, axis_name):
         scales = jnp.linalg.cholesky(cov + jitter * jnp.eye(d, dtype=x.dtype))
         inverse = _inverse_transpose(scales).swapaxes(-1, -2)  # L_c^-1
         z = jnp.einsum("bnd,bed->bne", z, inverse[group], precision=_HIGHEST)
-    phi = jnp.concatenate(
-        [jnp.ones_like(z[..., :1]), z, _quadratic_features(z, covariance_type)], -1
-    )
-    return _Blocks(phi, w, group, frames, scales, source, position)
+    phi = _features(z, covariance_type)
+    used = jnp.sum(blocks_per_cell).astype(jnp.int32)
+    return _Blocks(phi, w, group, frames, scales, source, used)
 
 
 def _blocks_for(x, w, n_components, covariance_type, axis_name):
@@ -643,9 +653,19 @@ def _farthest_points(x, w, k):
 
 
 def _block_size(n, g):
-    """Rows per block: a power of two in [8, 1024], about n / (8 g)."""
-    target = min(max(n // (8 * g), 8), 1024)
+    """Rows per block: a power of two in [8, 1024], about n / (2 g).
+
+    Batched matmuls over blocks of 1024 rows run near the speed of one large
+    matmul on CPU (blocks of 256 take twice as long); each of the g cells
+    leaves part of its last block empty.
+    """
+    target = min(max(n // (2 * g), 8), _MAX_BLOCK_ROWS)
     return 1 << (target.bit_length() - 1)
+
+
+def _chunk(size, n_blocks):
+    """Blocks per chunk of the fused EM iteration (about 4096 rows)."""
+    return max(1, min(_CHUNK_ROWS // size, n_blocks))
 
 
 def _to_blocks(values, blocks):
@@ -656,19 +676,46 @@ def _to_blocks(values, blocks):
     return values[blocks.source]
 
 
-def _from_blocks(values, blocks):
-    """Block layout [NB, B, ...] back to per-sample values [n, ...]."""
-    return values.reshape(-1, *values.shape[2:])[blocks.position]
+def _features(z, covariance_type):
+    """The features [..., F] of the expanded Gaussian log-density of ``z`` [..., d].
+
+    ``[1, z, (z_i z_j)_{i<=j}]`` (full/tied), ``[1, z, z**2]`` (diag) or
+    ``[1, z, |z|^2]`` (spherical).
+    """
+    one = jnp.ones_like(z[..., :1])
+    if covariance_type == "spherical":
+        return jnp.concatenate([one, z, jnp.sum(z * z, axis=-1, keepdims=True)], -1)
+    left, right = _feature_pairs(z.shape[-1], covariance_type)
+    u = jnp.concatenate([one, z], axis=-1)  # products of two entries of u
+    shape = (*z.shape[:-1], left.shape[0])
+    left, right = (jnp.broadcast_to(i, shape) for i in (left, right))
+    take = functools.partial(jnp.take_along_axis, axis=-1, mode="clip")
+    return take(u, left) * take(u, right)
 
 
-def _quadratic_features(z, covariance_type):
-    """The quadratic terms [..., Fq] of the expanded Gaussian log-density."""
-    if covariance_type in ("full", "tied"):
-        iu, ju = np.triu_indices(z.shape[-1])  # z_i z_j for i <= j, row-major
-        return z[..., iu] * z[..., ju]
+@functools.cache
+def _feature_pairs(d, covariance_type):
+    """Indices into ``[1, z]`` of the two factors of every feature."""
     if covariance_type == "diag":
-        return z * z
-    return jnp.sum(z * z, axis=-1, keepdims=True)
+        i = j = np.arange(d)
+    else:
+        i, j = np.triu_indices(d)  # z_i z_j for i <= j, row-major
+    left = np.concatenate([[0], np.zeros(d, int), i + 1]).astype(np.int32)
+    right = np.concatenate([[0], np.arange(1, d + 1), j + 1]).astype(np.int32)
+    return left, right
+
+
+def _stable_argsort(labels, g):
+    """``argsort(labels, stable=True)`` for labels in [0, g), by one sort of keys.
+
+    ``labels * n + index`` sorts about five times faster on CPU than a stable
+    argsort (one operand instead of two), when it fits in int32.
+    """
+    n = labels.shape[0]
+    if n * g >= 2**31:
+        return jnp.argsort(labels, stable=True)
+    index = jnp.arange(n, dtype=jnp.int32)
+    return jnp.sort(labels.astype(jnp.int32) * n + index) % n
 
 
 def _coefficients(params, frames, scales):
@@ -714,16 +761,6 @@ def _coefficients(params, frames, scales):
     const = jnp.log(params.weights) + half_log_det - 0.5 * (d * _LOG_2PI + t_prec_t)
     coef = jnp.concatenate([const[..., None], lin, quad], axis=-1)  # [G, K, F]
     return coef.swapaxes(-1, -2)
-
-
-def _e_step_blocks(blocks, params, axis_name):
-    """Log-responsibilities [NB, B, K] and the weighted mean log-likelihood."""
-    coef = _coefficients(params, blocks.frames, blocks.scales)[blocks.group]
-    log_prob = jnp.einsum("bnf,bfk->bnk", blocks.phi, coef, precision=_HIGHEST)
-    log_norm = logsumexp(log_prob, axis=-1)
-    total = _psum(jnp.sum(blocks.w * log_norm), axis_name)
-    ll = total / _psum(jnp.sum(blocks.w), axis_name)
-    return log_prob - log_norm[..., None], ll
 
 
 def _m_step_blocks(blocks, resp, reg_covar, covariance_type, axis_name):
@@ -805,12 +842,43 @@ def _rescued_cholesky(cov, jitter):
 
 
 def _em_iteration(blocks, params, reg_covar, axis_name):
-    """One EM iteration: (new params, mean log-likelihood of ``params``)."""
-    log_resp, ll = _e_step_blocks(blocks, params, axis_name)
-    new = _m_step_blocks(
-        blocks, jnp.exp(log_resp), reg_covar, params.covariance_type, axis_name
+    """One EM iteration: (new params, mean log-likelihood of ``params``).
+
+    The E-step and the M-step's statistics run chunk by chunk of blocks, so
+    that each chunk's features are read from memory once (they stay in cache
+    between the two matmuls), and chunks of padding blocks are skipped.
+    """
+    phi, w, group = blocks.phi, blocks.w, blocks.group
+    n_blocks, size, _ = phi.shape
+    chunk = _chunk(size, n_blocks)
+    n_cells = blocks.frames.shape[0]
+    coef = _coefficients(params, blocks.frames, blocks.scales)  # [G, F, K]
+
+    def chunk_statistics(i):
+        start = i * chunk
+        phi_c, w_c, g_c = (
+            jax.lax.dynamic_slice_in_dim(a, start, chunk) for a in (phi, w, group)
+        )
+        log_prob = jnp.einsum("bnf,bfk->bnk", phi_c, coef[g_c], precision=_HIGHEST)
+        log_norm = logsumexp(log_prob, axis=-1)
+        rw = jnp.exp(log_prob - log_norm[..., None]) * w_c[..., None]
+        s = jnp.einsum("bnk,bnf->bkf", rw, phi_c, precision=_HIGHEST)
+        return jax.ops.segment_sum(s, g_c, n_cells), jnp.sum(w_c * log_norm)
+
+    def add_chunk(i, carry):  # whole chunks of padding blocks are skipped
+        def add(carry):
+            return jax.tree.map(jnp.add, carry, chunk_statistics(i))
+
+        return jax.lax.cond(i * chunk < blocks.used, add, lambda c: c, carry)
+
+    # The first chunk always holds samples (and starts the sums with the
+    # right sharding type inside shard_map).
+    stats, total = jax.lax.fori_loop(
+        1, n_blocks // chunk, add_chunk, chunk_statistics(0)
     )
-    return new, ll
+    stats, total, mass = _psum((stats, total, jnp.sum(w)), axis_name)
+    new = _params_from_statistics(stats, blocks, reg_covar, params.covariance_type)
+    return new, total / mass
 
 
 @functools.cache
@@ -856,16 +924,15 @@ def e_step(
       ((50, 3), True)
     """
     params, x, w = _check_params_data(params, x, sample_weight, validate)
-    blocks = _blocks_for(
-        x, w, params.weights.shape[0], params.covariance_type, axis_name
-    )
-    log_resp, ll = _e_step(params, blocks, axis_name=axis_name)
-    return _from_blocks(log_resp, blocks), ll
+    return _e_step(params, x, w, axis_name=axis_name)
 
 
 @functools.partial(jax.jit, static_argnames=("axis_name",))
-def _e_step(params, blocks, *, axis_name):
-    return _e_step_blocks(blocks, params, axis_name)
+def _e_step(params, x, w, *, axis_name):
+    log_prob = _component_log_prob(params, x)
+    log_norm = logsumexp(log_prob, axis=1)
+    total, mass = _psum((jnp.sum(w * log_norm), jnp.sum(w)), axis_name)
+    return log_prob - log_norm[:, None], total / mass
 
 
 def m_step(
