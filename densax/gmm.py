@@ -1079,7 +1079,11 @@ def fit(
     iterations, or when it is not finite (``converged=False``). With
     ``n_init > 1`` the restarts run in parallel (``vmap``; the feature block
     is shared, so each E-step is one wider matmul) and the restart with the
-    highest final log-likelihood is returned, as scikit-learn does.
+    highest final log-likelihood is returned, as scikit-learn does. Under
+    ``jax.vmap`` over datasets, the fits run one after the other on CPU (a
+    ``lax.map``: faster there, each fit's data staying in cache) and as one
+    batched computation on accelerators. The loop supports forward-mode
+    derivatives (``jax.jvp``); for reverse mode, iterate :func:`em_step`.
 
     Args:
       key: a PRNG key (initialisation; unused when ``init_params`` is given).
@@ -1143,12 +1147,10 @@ def fit(
                 f"init_params has {init_params.weights.shape[0]} components, "
                 f"but n_components={k}"
             )
-    blocks = _blocks_for(x, w, k, covariance_type, axis_name)
     return _fit(
         key,
         x,
         w,
-        blocks,
         init_params,
         tol,
         reg_covar,
@@ -1176,7 +1178,6 @@ def _fit(
     key,
     x,
     w,
-    blocks,
     init_params,
     tol,
     reg_covar,
@@ -1188,6 +1189,70 @@ def _fit(
     max_iter,
     axis_name,
 ):
+    one = functools.partial(
+        _fit_one,
+        n_components=n_components,
+        covariance_type=covariance_type,
+        method=method,
+        n_init=n_init,
+        max_iter=max_iter,
+        axis_name=axis_name,
+    )
+    return _sequential_on_cpu(one)(key, x, w, init_params, tol, reg_covar)
+
+
+def _sequential_on_cpu(fn):
+    """``fn`` whose ``vmap`` is a loop on CPU, and a batched computation elsewhere.
+
+    Batched fits on CPU run 1.3 to 2 times faster one after the other: each
+    fit's features then stay in cache between the E-step and the M-step, and
+    each skips its own padding. Accelerators keep the batched matmuls.
+    """
+    fn_vmap = jax.custom_batching.custom_vmap(fn)
+
+    @fn_vmap.def_vmap
+    def rule(axis_size, in_batched, *args):
+        del axis_size
+        leaves, tree = jax.tree.flatten(args)
+        pairs = list(zip(leaves, jax.tree.leaves(in_batched), strict=True))
+        batched = [leaf for leaf, flag in pairs if flag]
+
+        def call(batched_leaves):  # one problem: the batched leaves' slices
+            it = iter(batched_leaves)
+            full = [next(it) if flag else leaf for leaf, flag in pairs]
+            return fn(*jax.tree.unflatten(tree, full))
+
+        out = jax.lax.platform_dependent(
+            batched,
+            cpu=lambda b: jax.lax.map(call, b),
+            default=jax.vmap(call),
+        )
+        return out, jax.tree.map(lambda _: True, out)
+
+    # Derivatives (forward mode, the loop being a while_loop) and their
+    # batching go through ``fn`` itself.
+    fn_jvp = jax.custom_jvp(fn_vmap)
+    fn_jvp.defjvp(lambda primals, tangents: jax.jvp(fn, primals, tangents))
+    return fn_jvp
+
+
+def _fit_one(
+    key,
+    x,
+    w,
+    init_params,
+    tol,
+    reg_covar,
+    *,
+    n_components,
+    covariance_type,
+    method,
+    n_init,
+    max_iter,
+    axis_name,
+):
+    """One fit (one dataset): the cells and features, then EM from each start."""
+    blocks = _blocks_for(x, w, n_components, covariance_type, axis_name)
     run = functools.partial(
         _run_em,
         blocks,

@@ -6,6 +6,7 @@ case where tied [d, d] and diag [K, d] shapes coincide), ``MAX_ITER``
 iterations, and initial parameters computed in NumPy (``_initial``).
 """
 
+import dataclasses
 import functools
 import warnings
 from functools import partial
@@ -320,6 +321,24 @@ def test_vmap_over_datasets_equals_a_loop():
         assert int(batched.n_iter[i]) == int(single.n_iter)
         row = jax.tree.map(lambda a, i=i: np.asarray(a)[i], batched)
         _assert_trees_close(row, single, 1e-5, 1e-5)
+
+
+def test_fit_forward_mode_derivative_and_its_vmap(x64):
+    # fit is a while_loop: forward mode only, also under vmap (a loop on CPU).
+    p0 = _initial("full")
+
+    def ll(shift, x):
+        p = dataclasses.replace(p0, means=p0.means + shift)
+        return gmm.fit(None, x, K, init_params=p, max_iter=3, tol=0.0).log_likelihood
+
+    value, slope = jax.jvp(lambda s: ll(s, X), (0.0,), (1.0,))
+    step = 1e-6
+    fd = (ll(step, X) - ll(-step, X)) / (2 * step)
+    np.testing.assert_allclose(slope, fd, rtol=1e-5, atol=1e-8)
+    xs = np.stack([X, X + 1.0])
+    values, slopes = jax.vmap(lambda x: jax.jvp(lambda s: ll(s, x), (0.0,), (1.0,)))(xs)
+    np.testing.assert_allclose(values[0], value, rtol=1e-12)
+    np.testing.assert_allclose(slopes[0], slope, rtol=1e-10)
 
 
 def test_jit_and_no_retracing():
