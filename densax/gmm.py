@@ -1174,30 +1174,9 @@ def fit(
         "axis_name",
     ),
 )
-def _fit(
-    key,
-    x,
-    w,
-    init_params,
-    tol,
-    reg_covar,
-    *,
-    n_components,
-    covariance_type,
-    method,
-    n_init,
-    max_iter,
-    axis_name,
-):
-    one = functools.partial(
-        _fit_one,
-        n_components=n_components,
-        covariance_type=covariance_type,
-        method=method,
-        n_init=n_init,
-        max_iter=max_iter,
-        axis_name=axis_name,
-    )
+def _fit(key, x, w, init_params, tol, reg_covar, **static):
+    """:func:`_fit_one`, with its static options, batched by ``vmap`` or a loop."""
+    one = functools.partial(_fit_one, **static)
     return _sequential_on_cpu(one)(key, x, w, init_params, tol, reg_covar)
 
 
