@@ -252,6 +252,32 @@ def _row_pass(
 # Passes over the kernel.
 
 
+def _augmented(geom, f, g, eps, transpose=False):
+    """``(P, Q)`` with ``P @ Q.T = (f_i + g_j - C_ij) / eps``, squared Euclidean.
+
+    ``v = [2p/eps, (f - |p|^2)/eps, 1] . [q, 1, (g - |q|^2)/eps]``: a block of
+    exponents is one matrix product. Rows of ``P`` are the points of ``x``
+    (of ``y`` with ``transpose``); ``f`` and ``g`` must be finite where the
+    result is differentiated.
+    """
+    f_rows, g_cols = (g, f) if transpose else (f, g)
+    p, q = (geom.y, geom.x) if transpose else (geom.x, geom.y)
+    inv = 1.0 / eps
+    p_aug = jnp.concatenate(
+        [
+            (2.0 * inv) * p,
+            ((f_rows - jnp.sum(p * p, 1)) * inv)[:, None],
+            jnp.ones_like(p[:, :1]),
+        ],
+        axis=1,
+    )
+    q_aug = jnp.concatenate(
+        [q, jnp.ones_like(q[:, :1]), ((g_cols - jnp.sum(q * q, 1)) * inv)[:, None]],
+        axis=1,
+    )
+    return p_aug, q_aug
+
+
 def _reduce(cost_fn, geom, f, g, eps, *, transpose, block_size, op):
     """Forward-only row reductions of ``v_ij = (f_i + g_j - C_ij) / eps``.
 
@@ -271,21 +297,7 @@ def _reduce(cost_fn, geom, f, g, eps, *, transpose, block_size, op):
     if dense is not None:
         return reduce((f_rows[:, None] + g_cols[None, :] - dense) / eps)
     if _is_sq_euclidean(cost_fn):
-        # v = [2p/eps, (f - |p|^2)/eps, 1] . [q, 1, (g - |q|^2)/eps]
-        p, q = (geom.y, geom.x) if transpose else (geom.x, geom.y)
-        inv = 1.0 / eps
-        p_aug = jnp.concatenate(
-            [
-                (2.0 * inv) * p,
-                ((f_rows - jnp.sum(p * p, 1)) * inv)[:, None],
-                jnp.ones_like(p[:, :1]),
-            ],
-            axis=1,
-        )
-        q_aug = jnp.concatenate(
-            [q, jnp.ones_like(q[:, :1]), ((g_cols - jnp.sum(q * q, 1)) * inv)[:, None]],
-            axis=1,
-        )
+        p_aug, q_aug = _augmented(geom, f, g, eps, transpose)
         return lax.map(lambda r: reduce(q_aug @ r), p_aug, batch_size=block_size)
     return _row_pass(
         cost_fn,
@@ -340,12 +352,36 @@ def _dense_exponent(f, g, cost, eps):
     return (f_safe[:, None] + g_safe[None, :] - cost) / eps, ok_f[:, None] & ok_g
 
 
+def _safe_augmented(geom, f, g, eps):
+    """:func:`_augmented` for differentiable passes: -inf potentials set to 0.
+
+    Returns ``(Q, on_f, on_g, P)``, with ``on_f, on_g`` 1 where the potential
+    is finite and 0 where it is -inf (a zero weight): multiplying by them after
+    the exponential keeps gradients away from ``0 * inf``.
+    """
+    ok_f, ok_g = f > -jnp.inf, g > -jnp.inf
+    p_aug, q_aug = _augmented(
+        geom, jnp.where(ok_f, f, 0.0), jnp.where(ok_g, g, 0.0), eps
+    )
+    return q_aug, ok_f.astype(f.dtype), ok_g.astype(g.dtype), p_aug
+
+
 def _pair_sum(cost_fn, geom, f, g, eps, wr, wc, *, block_size, axis_name):
     """``sum_ij P_ij (wr_i + wc_j)``, differentiable, memory O(block)."""
     if geom.cost is not None:
         v, ok = _dense_exponent(f, g, geom.cost, eps)
         p = jnp.where(ok, jnp.exp(v), 0.0)
         return _psum(jnp.sum(p * (wr[:, None] + wc[None, :])), axis_name)
+    if _is_sq_euclidean(cost_fn):
+        q_aug, on_f, on_g, rows = _safe_augmented(geom, f, g, eps)
+        cols = jnp.stack([on_g, on_g * wc], axis=1)
+
+        def sq_row(p_aug, on_i, wr_i):
+            s = jnp.exp(q_aug @ p_aug) @ cols
+            return on_i * (wr_i * s[0] + s[1])
+
+        out = _map_rows(sq_row, (rows, on_f, wr), block_size, remat=True)
+        return _psum(jnp.sum(out), axis_name)
 
     def row(c, v, ok, wr_i):
         p = jnp.where(ok, jnp.exp(v), 0.0)
@@ -371,6 +407,18 @@ def _plan_cost(cost_fn, geom, f, g, eps, *, block_size, axis_name):
     if geom.cost is not None:
         v, ok = _dense_exponent(f, g, geom.cost, eps)
         return _psum(jnp.sum(jnp.where(ok, jnp.exp(v) * geom.cost, 0.0)), axis_name)
+    if _is_sq_euclidean(cost_fn):
+        q_aug, on_f, on_g, rows = _safe_augmented(geom, f, g, eps)
+        g_safe = jnp.where(on_g > 0, g, 0.0)
+
+        def sq_row(p_aug, on_i, f_i):
+            v = q_aug @ p_aug
+            # C_ij = f_i + g_j - eps v_ij, no second matrix product.
+            return on_i * ((jnp.exp(v) * (f_i + g_safe - eps * v)) @ on_g)
+
+        f_safe = jnp.where(on_f > 0, f, 0.0)
+        out = _map_rows(sq_row, (rows, on_f, f_safe), block_size, remat=True)
+        return _psum(jnp.sum(out), axis_name)
 
     def row(c, v, ok):
         return jnp.sum(jnp.where(ok, jnp.exp(v) * c, 0.0))

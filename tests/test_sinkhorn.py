@@ -268,18 +268,28 @@ def test_pointcloud_and_to_ott(x64):
     assert int(as_ott.n_iters) == int(out.n_iter)
 
 
-def test_zero_weights(x64):
+@pytest.mark.parametrize("block", [None, 7])
+def test_zero_weights(x64, block):
     x, y, a, b = _data()
     a = a.copy()
     a[:3] = 0.0
-    out = densax.ot.sinkhorn(x, y, a=a, b=b, epsilon=EPS, threshold=TIGHT)
-    sub = densax.ot.sinkhorn(x[3:], y, a=a[3:], b=b, epsilon=EPS, threshold=TIGHT)
+    kw = dict(epsilon=EPS, block_size=block)
+    out = densax.ot.sinkhorn(x, y, a=a, b=b, threshold=TIGHT, **kw)
+    sub = densax.ot.sinkhorn(x[3:], y, a=a[3:], b=b, threshold=TIGHT, **kw)
     assert np.all(np.isneginf(out.f[:3]))
     np.testing.assert_allclose(out.reg_cost, sub.reg_cost, rtol=1e-10)
+    np.testing.assert_allclose(out.transport_cost, sub.transport_cost, rtol=1e-10)
     np.testing.assert_allclose(out.f[3:], sub.f, atol=1e-9)
     assert np.all(densax.ot.transport_plan(out)[:3] == 0)
+    for key, how in (("reg_cost", "envelope"), ("transport_cost", "implicit")):
+        grad = jax.grad(
+            lambda x, key=key, how=how: getattr(
+                densax.ot.sinkhorn(x, y, a=a, b=b, differentiation=how, **kw), key
+            )
+        )(x)
+        assert np.all(np.isfinite(grad)) and np.all(grad[:3] == 0)
     grad = jax.grad(
-        lambda x: densax.ot.sinkhorn_divergence(x, y, a=a, b=b, epsilon=EPS).divergence
+        lambda x: densax.ot.sinkhorn_divergence(x, y, a=a, b=b, **kw).divergence
     )(x)
     assert np.all(np.isfinite(grad)) and np.all(grad[:3] == 0)
 
