@@ -21,9 +21,10 @@ The solver core, written for speed on CPU and accelerators:
   free with each pass.
 * **epsilon-scaling** (annealing from the cost scale down to ``epsilon``,
   one iteration per level, as in GeomLoss) and **adaptive over-relaxation**
-  (the relaxation ``omega`` of successive over-relaxation, tuned online from
-  the observed rate of convergence, Hageman & Young) cut the number of
-  iterations at small ``epsilon`` five- to ten-fold.
+  (the relaxation ``omega`` of successive over-relaxation, started from the
+  optimum for the rate that ``epsilon / scale`` predicts and raised from the
+  observed rate of convergence, Hageman & Young) cut the number of
+  iterations several-fold at small ``epsilon``.
 * **Dense or online.** ``block_size=None`` materialises the cost matrix once;
   ``block_size=B`` recomputes cost blocks of ``B`` rows inside ``lax.map``
   (memory ``O((n + m) d + B max(n, m))``); for the squared Euclidean cost a
@@ -71,7 +72,11 @@ __all__ = [
 _DEFAULT_EPSILON_SCALE = 0.05  # epsilon = 0.05 x the cost scale by default
 _RELAX_CLIP = 5.0  # bound on the over-relaxed part of a log-step
 _MAX_RATE = 0.99  # largest convergence rate used to set omega (omega <= 1.82)
-_PROBE = 3  # plain iterations at the target epsilon before adapting omega
+_PROBE = 3  # errors at the target epsilon before the rate is first estimated
+# omega at the start of the target phase: optimal for a plain rate
+# lam0 = 1 - _GAP_PER_EPSILON x epsilon / scale (the spectral gap of the Gibbs
+# kernel shrinks like epsilon / diameter^2 for the squared Euclidean cost).
+_GAP_PER_EPSILON = 4.0
 _DIVERGENCE_GUARD = 100.0  # omega falls back to 1 if the error grows this much
 _DIRECT_SOLVE_MAX = 1024  # implicit gradients: direct solve up to this size
 _CG_MAX_ITER = 1000
@@ -522,11 +527,22 @@ def _relax(step, omega):
     return step + (omega - 1.0) * jnp.clip(step, -_RELAX_CLIP, _RELAX_CLIP)
 
 
-def _adapt_omega(cfg: _Config, s: _LoopState, err, at_target):
+def _omega_start(eps, eps0):
+    """Relaxation that starts the target phase, from ``epsilon / scale``.
+
+    ``eps0`` is where the annealing starts (the cost scale); without annealing
+    it is ``eps`` itself, and the start is plain (``omega = 1``).
+    """
+    gap = jnp.minimum(_GAP_PER_EPSILON * eps / eps0, 1.0)
+    return lax.stop_gradient(2.0 / (1.0 + jnp.sqrt(gap)))
+
+
+def _adapt_omega(cfg: _Config, s: _LoopState, err, at_target, omega0):
     """Adaptive over-relaxation (Hageman & Young's adaptive SOR).
 
-    From the observed rate ``mu`` under relaxation ``omega``, the plain Sinkhorn
-    rate is
+    The first iteration at the target epsilon is plain; ``omega0`` (see
+    :func:`_omega_start`) follows. From the observed rate ``mu`` under
+    relaxation ``omega``, the plain Sinkhorn rate is
     ``lam = (mu + omega - 1)^2 / (mu omega^2)``, and the optimal relaxation
     ``2 / (1 + sqrt(1 - lam))``. ``omega`` only grows, capped by ``_MAX_RATE``,
     and falls back to 1 if the error blows up.
@@ -546,6 +562,7 @@ def _adapt_omega(cfg: _Config, s: _LoopState, err, at_target):
     omega_opt = 2.0 / (1.0 + jnp.sqrt(1.0 - lam))
     update = at_target & (k_target >= _PROBE) & (mu < 1.0) & (mu > omega - 1.0)
     omega = jnp.where(update, jnp.maximum(omega, omega_opt), omega)
+    omega = jnp.where(at_target & (k_target == 1), omega0, omega)
     blown_up = at_target & (err > _DIVERGENCE_GUARD * s.best)
     omega = jnp.where(blown_up, 1.0, omega)
     return lax.stop_gradient(omega), k_target, history, best
@@ -609,6 +626,7 @@ def _solve_xy(cfg: _Config, cost_fn, geom, a, b, eps, eps0, threshold):
     kw = dict(block_size=cfg.block_size, axis_name=cfg.axis_name)
     f0 = eps0 * log_a
     g0 = _hard_transform(cost_fn, geom, f0, **kw)
+    omega0 = _omega_start(eps, eps0).astype(a.dtype)
 
     def body(s: _LoopState) -> _LoopState:
         e, eps_next = _next_eps(cfg, s, eps)
@@ -620,7 +638,7 @@ def _solve_xy(cfg: _Config, cost_fn, geom, a, b, eps, eps0, threshold):
         r = _sums(cost_fn, geom, s.f, g, e, transpose=False, **kw)
         err = _psum(jnp.sum(jnp.abs(r - a)), cfg.axis_name) + col_err
         f = s.f + e * _relax(log_a - jnp.log(jnp.maximum(r, tiny)), s.omega)
-        omega, k_target, history, best = _adapt_omega(cfg, s, err, at_target)
+        omega, k_target, history, best = _adapt_omega(cfg, s, err, at_target, omega0)
         return _LoopState(
             f=f,
             g=g,
@@ -676,7 +694,7 @@ def _solve_sym(cfg: _Config, cost_fn, geom, a, eps, eps0, threshold):
         err = 2.0 * _psum(jnp.sum(jnp.abs(r - a)), axis_name)
         f = s.f + 0.5 * e * (log_a - jnp.log(jnp.maximum(r, tiny)))
         _, k_target, history, best = _adapt_omega(
-            dataclasses.replace(cfg, relaxation=1.0), s, err, at_target
+            dataclasses.replace(cfg, relaxation=1.0), s, err, at_target, 1.0
         )
         return s._replace(
             f=f,
@@ -1248,10 +1266,11 @@ def sinkhorn(
       epsilon_scaling: ``q`` in ``(0, 1)``: the ``k``-th iteration uses
         ``max(epsilon, s q^k)``, annealing from the cost scale ``s`` down to
         ``epsilon``, one iteration per level (GeomLoss); ``None`` disables it.
-      relaxation: ``"adaptive"`` (default: plain Sinkhorn for a few iterations
-        at ``epsilon``, then over-relaxation ``omega`` tuned from the observed
-        convergence rate), or a fixed ``omega`` in ``(0, 2)`` (1 is plain
-        Sinkhorn).
+      relaxation: ``"adaptive"`` (default: plain Sinkhorn while annealing;
+        at ``epsilon``, over-relaxation ``omega`` starting from the optimum
+        for a plain rate ``1 - 4 epsilon / s`` (plain without annealing) and
+        raised as the observed convergence rate requires), or a fixed
+        ``omega`` in ``(0, 2)`` (1 is plain Sinkhorn).
       block_size: ``None`` materialises the ``[n, m]`` cost matrix once (and
         its transpose); an int recomputes it by blocks of ``block_size`` rows
         at every pass (online mode, memory ``O((n + m) d + block_size max(n,
