@@ -360,15 +360,15 @@ def _dense_exponent(f, g, cost, eps):
 def _safe_augmented(geom, f, g, eps):
     """:func:`_augmented` for differentiable passes: -inf potentials set to 0.
 
-    Returns ``(Q, on_f, on_g, P)``, with ``on_f, on_g`` 1 where the potential
-    is finite and 0 where it is -inf (a zero weight): multiplying by them after
-    the exponential keeps gradients away from ``0 * inf``.
+    Returns ``(P, Q, f_safe, g_safe, on_f, on_g)``: the potentials with -inf
+    replaced by 0, and ``on_f, on_g`` 1 where the potential is finite and 0
+    where it is -inf (a zero weight). Multiplying by them after the
+    exponential keeps gradients away from ``0 * inf``.
     """
     ok_f, ok_g = f > -jnp.inf, g > -jnp.inf
-    p_aug, q_aug = _augmented(
-        geom, jnp.where(ok_f, f, 0.0), jnp.where(ok_g, g, 0.0), eps
-    )
-    return q_aug, ok_f.astype(f.dtype), ok_g.astype(g.dtype), p_aug
+    f_safe, g_safe = jnp.where(ok_f, f, 0.0), jnp.where(ok_g, g, 0.0)
+    p_aug, q_aug = _augmented(geom, f_safe, g_safe, eps)
+    return p_aug, q_aug, f_safe, g_safe, ok_f.astype(f.dtype), ok_g.astype(g.dtype)
 
 
 def _pair_sum(cost_fn, geom, f, g, eps, wr, wc, *, block_size, axis_name):
@@ -378,7 +378,7 @@ def _pair_sum(cost_fn, geom, f, g, eps, wr, wc, *, block_size, axis_name):
         p = jnp.where(ok, jnp.exp(v), 0.0)
         return _psum(jnp.sum(p * (wr[:, None] + wc[None, :])), axis_name)
     if _is_sq_euclidean(cost_fn):
-        q_aug, on_f, on_g, rows = _safe_augmented(geom, f, g, eps)
+        rows, q_aug, _, _, on_f, on_g = _safe_augmented(geom, f, g, eps)
         cols = jnp.stack([on_g, on_g * wc], axis=1)
 
         def sq_row(p_aug, on_i, wr_i):
@@ -413,15 +413,13 @@ def _plan_cost(cost_fn, geom, f, g, eps, *, block_size, axis_name):
         v, ok = _dense_exponent(f, g, geom.cost, eps)
         return _psum(jnp.sum(jnp.where(ok, jnp.exp(v) * geom.cost, 0.0)), axis_name)
     if _is_sq_euclidean(cost_fn):
-        q_aug, on_f, on_g, rows = _safe_augmented(geom, f, g, eps)
-        g_safe = jnp.where(on_g > 0, g, 0.0)
+        rows, q_aug, f_safe, g_safe, on_f, on_g = _safe_augmented(geom, f, g, eps)
 
         def sq_row(p_aug, on_i, f_i):
             v = q_aug @ p_aug
             # C_ij = f_i + g_j - eps v_ij, no second matrix product.
             return on_i * ((jnp.exp(v) * (f_i + g_safe - eps * v)) @ on_g)
 
-        f_safe = jnp.where(on_f > 0, f, 0.0)
         out = _map_rows(sq_row, (rows, on_f, f_safe), block_size, remat=True)
         return _psum(jnp.sum(out), axis_name)
 
