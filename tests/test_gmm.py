@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
@@ -509,10 +509,14 @@ def test_sample_moments(covariance_type, key):
 
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1))
+@example(seed=25662666)  # a collapse: rejected by the assume() below
 def test_em_never_decreases_the_log_likelihood(seed):
-    # Exact EM (reg_covar=0) is monotone while the likelihood is bounded (100
-    # samples per cluster: no component collapses). With reg_covar > 0 it is a
-    # penalised EM whose log-likelihood can dip slightly, in scikit-learn too.
+    # Exact EM (reg_covar=0) is monotone while the likelihood is bounded. With
+    # reg_covar > 0 it is a penalised EM whose log-likelihood can dip
+    # slightly, in scikit-learn too. A random start can still let a component
+    # collapse onto d or fewer points (seed 25662666: 2 points, a covariance
+    # eigenvalue of 1e-16): the likelihood is then unbounded and its rounding
+    # meaningless, so such fits are not examples of the property.
     with jax.enable_x64(True):
         rng = np.random.default_rng(seed)
         centres = rng.normal(size=(3, 2)) * 3
@@ -522,6 +526,7 @@ def test_em_never_decreases_the_log_likelihood(seed):
             jax.random.key(seed), x, 3, init="random", max_iter=30, tol=0.0,
             reg_covar=0.0,
         )  # fmt: skip
+        assume(float(np.min(res.params.weights)) * len(x) > x.shape[1] + 1)
         trace = np.asarray(res.log_likelihood_trace)[: int(res.n_iter)]
         trace = trace[np.isfinite(trace)]
         assert trace.size > 0
