@@ -345,15 +345,19 @@ def _hard_transform(cost_fn, geom, f, *, block_size, axis_name):
     return -(out if axis_name is None else lax.pmax(out, axis_name))
 
 
+def _finite_part(p):
+    """``(p with -inf replaced by 0, mask of finite entries)``: zero weights."""
+    ok = p > -jnp.inf
+    return jnp.where(ok, p, 0.0), ok
+
+
 def _dense_exponent(f, g, cost, eps):
     """``v = (f_i + g_j - C_ij) / eps`` and the mask of finite potentials.
 
     -inf potentials (zero weights) are replaced by 0 in ``v`` and masked, so
     that gradients never meet ``0 * inf``.
     """
-    ok_f, ok_g = f > -jnp.inf, g > -jnp.inf
-    f_safe = jnp.where(ok_f, f, 0.0)
-    g_safe = jnp.where(ok_g, g, 0.0)
+    (f_safe, ok_f), (g_safe, ok_g) = _finite_part(f), _finite_part(g)
     return (f_safe[:, None] + g_safe[None, :] - cost) / eps, ok_f[:, None] & ok_g
 
 
@@ -365,8 +369,7 @@ def _safe_augmented(geom, f, g, eps):
     where it is -inf (a zero weight). Multiplying by them after the
     exponential keeps gradients away from ``0 * inf``.
     """
-    ok_f, ok_g = f > -jnp.inf, g > -jnp.inf
-    f_safe, g_safe = jnp.where(ok_f, f, 0.0), jnp.where(ok_g, g, 0.0)
+    (f_safe, ok_f), (g_safe, ok_g) = _finite_part(f), _finite_part(g)
     p_aug, q_aug = _augmented(geom, f_safe, g_safe, eps)
     return p_aug, q_aug, f_safe, g_safe, ok_f.astype(f.dtype), ok_g.astype(g.dtype)
 

@@ -514,9 +514,10 @@ def test_em_never_decreases_the_log_likelihood(seed):
     # Exact EM (reg_covar=0) is monotone while the likelihood is bounded. With
     # reg_covar > 0 it is a penalised EM whose log-likelihood can dip
     # slightly, in scikit-learn too. A random start can still let a component
-    # collapse onto d or fewer points (seed 25662666: 2 points, a covariance
+    # collapse onto a few points (seed 25662666: 2 points, a covariance
     # eigenvalue of 1e-16): the likelihood is then unbounded and its rounding
-    # meaningless, so such fits are not examples of the property.
+    # meaningless, so fits with a component of d + 1 points or fewer are not
+    # examples of the property.
     with jax.enable_x64(True):
         rng = np.random.default_rng(seed)
         centres = rng.normal(size=(3, 2)) * 3
