@@ -12,9 +12,26 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):
 # Tests run on the CPU unless the caller asks otherwise (JAX_PLATFORMS=cuda).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import gc  # noqa: E402
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_executables():
+    """Frees jax's compiled programs after each test module.
+
+    Each XLA:CPU executable holds memory mappings for its JIT code (about 250
+    for one Sinkhorn solve), and Linux caps a process at ``vm.max_map_count``
+    (65530 by default). Kept for the whole session, the suite's programs
+    reached that cap: compilation then failed, and unwinding its C++
+    exception segfaulted.
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture
