@@ -25,11 +25,19 @@ The solver core, written for speed on CPU and accelerators:
   optimum for the rate that ``epsilon / scale`` predicts and raised from the
   observed rate of convergence, Hageman & Young) cut the number of
   iterations several-fold at small ``epsilon``.
+* **A cached kernel** (stabilised scaling, Schmitzer 2019) when memory
+  allows: ``K = exp((f0 + g0 - C) / eps)`` is stored once and a pass is a
+  matrix-vector product with scalings ``exp((f - f0) / eps)``, several times
+  cheaper than ``n m`` exponentials. The annealing levels differ by exactly
+  ``epsilon_scaling = 1/2``, so the kernel of the next level is the square
+  of the current one (no exponential); it is rebuilt when a scaling leaves
+  a safe range. Rounding then enters once per build, not once per pass.
 * **Dense or online.** ``block_size=None`` materialises the cost matrix once;
   ``block_size=B`` recomputes cost blocks of ``B`` rows inside ``lax.map``
-  (memory ``O((n + m) d + B max(n, m))``); for the squared Euclidean cost a
-  block is a single matrix product, which stays in cache and beats reading a
-  stored matrix from memory, so the default ``"auto"`` goes online early.
+  (memory ``O((n + m) d + B max(n, m))``, no cached kernel); for the squared
+  Euclidean cost a block is a single matrix product, which stays in cache.
+  The default ``"auto"`` caches the kernel up to ``2^25`` entries and runs
+  online passes (the annealing start, the outputs' derivatives) beside it.
 * **Gradients** by the envelope theorem (default: the cost of one pass), by
   implicit differentiation of the fixed point (a well-conditioned Schur
   complement solved by conjugate gradients, or directly when small), or by
@@ -44,10 +52,13 @@ References:
   for Regularized Optimal Transport", 2021. Hageman & Young, "Applied
   Iterative Methods", 1981 (adaptive SOR). Luise et al., "Differential
   Properties of Sinkhorn Approximation", NeurIPS 2018 (implicit gradients).
+  Schmitzer, "Stabilized Sparse Scaling Algorithms for Entropy Regularized
+  Transport Problems", SIAM J. Sci. Comput. 2019 (the cached kernel).
 """
 
 import dataclasses
 import functools
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -88,6 +99,11 @@ _AUTO_DENSE_SQEUCLIDEAN = 1 << 16
 _AUTO_DENSE_OTHER = 1 << 24
 # ... and blocks of about this many entries (4 MB in float32) above it.
 _AUTO_BLOCK_ENTRIES = 1 << 20
+# "auto" caches the kernel exp((f + g - C) / eps) up to this many entries
+# (128 MB in float32); dense mode always does, an int block_size never.
+_AUTO_KERNEL_ENTRIES = 1 << 25
+_UNLIMITED = 1 << 62
+_BUILD_ENTRIES = 1 << 19  # row blocks of a kernel build (online, sq. Euclidean)
 
 
 class SinkhornOutput(NamedTuple):
@@ -140,6 +156,9 @@ class _Config:
     differentiation: str
     fixed_iterations: bool
     axis_name: Any
+    # Cache the kernel (stabilised scaling, see _Kernel) of problems with at
+    # most this many entries (per device); 0: never.
+    kernel: int = 0
 
 
 class _Geom(NamedTuple):
@@ -168,6 +187,26 @@ def _resolve_block(block_size, n: int, m: int, cost_fn) -> int | None:
     if block_size is not None:
         return _validate.check_int(block_size, "block_size", minimum=1)
     return None
+
+
+def _kernel_entries(block_size, block, cost_fn, cfg: _Config) -> int:
+    """Largest problem (``n m`` entries) whose loop caches the kernel.
+
+    Dense mode: all; ``"auto"`` online (squared Euclidean cost, whose kernel
+    is built by one matrix product): up to ``_AUTO_KERNEL_ENTRIES``; an int
+    ``block_size`` (an ``O(n + m)`` memory bound) and unrolled gradients
+    (which would store a kernel per iteration): none.
+    """
+    if cfg.differentiation == "unroll":
+        return 0
+    if block is None:
+        return _UNLIMITED
+    auto = isinstance(block_size, str) and _is_sq_euclidean(cost_fn)
+    return _AUTO_KERNEL_ENTRIES if auto else 0
+
+
+def _caches_kernel(cfg: _Config, geom: "_Geom") -> bool:
+    return geom.x.shape[0] * geom.y.shape[0] <= cfg.kernel
 
 
 def _psum(v: Any, axis_name: Any) -> Any:
@@ -351,6 +390,128 @@ def _finite_part(p):
     return jnp.where(ok, p, 0.0), ok
 
 
+class _Kernel(NamedTuple):
+    """A cached kernel ``K_ij = exp((f0_i + g0_j - C_ij) / eps)``.
+
+    Stabilised scaling (Schmitzer 2019): at potentials ``(f, g)`` near
+    ``(f0, g0)`` the plan is ``u_i K_ij v_j`` with scalings
+    ``u = exp((f - f0) / eps)``, ``v = exp((g - g0) / eps)``, so a row or
+    column mass is one matrix-vector product instead of ``n m``
+    exponentials. The kernel is rebuilt ("absorbed") when ``epsilon``
+    changes or a scaling leaves ``[tiny^(1/4), tiny^(-1/4)]`` (``tiny`` the
+    dtype's smallest normal), so that entries flushed to zero at the build
+    never matter.
+    """
+
+    k: jax.Array  # [n, m]
+    f0: jax.Array  # [n]
+    g0: jax.Array  # [m]
+    eps: jax.Array  # []
+
+
+def _kernel(cost_fn, geom, f, g, eps) -> _Kernel:
+    """Builds the kernel at ``(f, g, eps)`` (zero rows/columns at -inf)."""
+    if geom.cost is not None:
+        v, ok = _dense_exponent(f, g, geom.cost, eps)
+        k = jnp.where(ok, jnp.exp(v), 0.0)
+    else:
+        p_aug, q_aug, _, _, on_f, on_g = _safe_augmented(geom, f, g, eps)
+        n, m = p_aug.shape[0], q_aug.shape[0]
+        block = max(
+            (b for b in range(1, n + 1) if n % b == 0 and b * m <= _BUILD_ENTRIES),
+            default=1,
+        )
+        if block >= 8:
+            # Blocks that divide n: each product stays in cache and the
+            # exponentials are written straight into the one [n, m] buffer.
+            row = lambda p, on: jnp.exp(p @ q_aug.T) * on * on_g
+            k = lax.map(lambda args: row(*args), (p_aug, on_f), batch_size=block)
+        else:
+            k = jnp.exp(p_aug @ q_aug.T) * on_f[:, None] * on_g[None, :]
+    return _Kernel(k, f, g, eps)
+
+
+def _scaling(p, p0, eps):
+    """``exp((p - p0) / eps)``; 0 where the weight is zero (``p = -inf``)."""
+    ok = p0 > -jnp.inf
+    return jnp.where(ok, jnp.exp((p - jnp.where(ok, p0, 0.0)) / eps), 0.0)
+
+
+def _next_kernel(cfg: _Config, kern: _Kernel, f, g, eps, rebuild) -> _Kernel:
+    """The kernel at the next annealing level ``eps = q kern.eps``.
+
+    With ``1 / q = p`` an integer, ``exp(Z / eps) = exp(Z / kern.eps)^p``: the
+    current scalings are absorbed and the kernel raised to the power ``p``,
+    with no exponential. (The relative rounding error of an entry grows like
+    ``|Z| / eps``, as it would if computed directly.) Otherwise
+    ``rebuild()``, a fresh kernel.
+    """
+    p = round(1.0 / cfg.epsilon_scaling)
+    if abs(p * cfg.epsilon_scaling - 1.0) > 1e-12:
+        return rebuild()
+    u = _scaling(f, kern.f0, kern.eps)
+    v = _scaling(g, kern.g0, kern.eps)
+    return _Kernel(lax.integer_pow(kern.k * u[:, None] * v[None, :], p), f, g, eps)
+
+
+def _kernel_plan_cost(geom, kern: _Kernel, f, g, axis_name):
+    """``<P, C>`` at ``(f, g)`` from a kernel at the target epsilon.
+
+    Dense: one fused pass over ``K`` and ``C``. Squared Euclidean online:
+    ``sum_ij P_ij (|x_i|^2 + |y_j|^2 - 2 x_i.y_j)``, one product of ``K``
+    with ``[m, d + 2]`` columns; no exponential either way.
+    """
+    u = _scaling(f, kern.f0, kern.eps)
+    v = _scaling(g, kern.g0, kern.eps)
+    if geom.cost is not None:
+        rows = jnp.sum(kern.k * geom.cost * v[None, :], axis=1)
+        return _psum(u @ rows, axis_name)
+    x, y = geom.x, geom.y
+    sq_y = jnp.sum(y * y, 1)
+    cols = jnp.concatenate([y, sq_y[:, None], jnp.ones_like(sq_y)[:, None]], 1)
+    ky = kern.k @ (v[:, None] * cols)  # [n, d + 2]
+    d = x.shape[1]
+    per_row = (
+        jnp.sum(x * x, 1) * ky[:, d + 1] + ky[:, d] - 2.0 * jnp.sum(x * ky[:, :d], 1)
+    )
+    return _psum(u @ per_row, axis_name)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _valued(fn, value, args):
+    """``fn(*args)``, whose value is known already: ``value``.
+
+    Its derivatives are ``fn``'s; ``fn`` runs only when differentiated.
+    """
+    del fn, args
+    return value
+
+
+@_valued.defjvp
+def _valued_jvp(fn, primals, tangents):
+    value, args = primals
+    _, d_args = tangents
+    return value, jax.jvp(lambda a: fn(*a), (args,), (d_args,))[1]
+
+
+def _stale(kern: _Kernel, f, g, eps, axis_name):
+    """Whether the kernel must be rebuilt before a pass at ``(f, g, eps)``.
+
+    The same on every device when ``f`` is sharded: the loops that test it
+    contain collectives.
+    """
+    bound = -0.25 * eps * jnp.log(jnp.finfo(f.dtype).tiny)
+
+    def drift(p, p0):
+        ok = (p > -jnp.inf) & (p0 > -jnp.inf)
+        return jnp.max(jnp.where(ok, jnp.abs(p - jnp.where(ok, p0, 0.0)), 0.0))
+
+    drift_f = drift(f, kern.f0)
+    if axis_name is not None:
+        drift_f = lax.pmax(drift_f, axis_name)
+    return (eps != kern.eps) | (drift_f > bound) | (drift(g, kern.g0) > bound)
+
+
 def _dense_exponent(f, g, cost, eps):
     """``v = (f_i + g_j - C_ij) / eps`` and the mask of finite potentials.
 
@@ -510,13 +671,14 @@ class _LoopState(NamedTuple):
     f_out: jax.Array  # [n] the f paired with g: (f_out, g) has error `err`
     err: jax.Array  # [] L1 marginal error of (f_out, g)
     k: jax.Array  # [] int32 iterations done
-    eps_next: jax.Array  # [] epsilon of the next iteration before clipping
+    level: jax.Array  # [] int32 annealing levels left (see _level_eps)
     eps: jax.Array  # [] epsilon of the last iteration
     omega: jax.Array  # [] relaxation
     k_target: jax.Array  # [] int32 iterations run at the target epsilon
     history: jax.Array  # [3] last errors at the target epsilon (newest first)
     best: jax.Array  # [] smallest error seen at the target epsilon
     errors: jax.Array  # [max_iterations] trace
+    mass: jax.Array  # [] sum_ij P_ij at (f_out, g)
 
 
 def _relax(step, omega):
@@ -569,19 +731,60 @@ def _adapt_omega(cfg: _Config, s: _LoopState, err, at_target, omega0):
     return lax.stop_gradient(omega), k_target, history, best
 
 
-def _run_loop(cfg: _Config, body, init: _LoopState, threshold, eps):
+def _run_loop(
+    cfg: _Config, body, init: _LoopState, threshold, eps, build=None, gather=None
+):
     """Runs ``body`` until convergence, or for exactly ``max_iterations``.
 
+    Returns the final state and the last kernel (``None`` without ``build``).
     ``while_loop`` by default; a ``scan`` for fixed iterations, or for unrolled
     gradients (then the state freezes once converged).
+
+    With a kernel ``build`` (see :class:`_Kernel`) every loop is a
+    ``while_loop``: the annealing one carries the kernel from level to level
+    (:func:`_next_kernel`); at the target epsilon, an inner loop iterates
+    with the kernel as a loop invariant until it is stale, and an outer one
+    rebuilds it. ``gather`` maps the state's ``g`` to the kernel's columns
+    (symmetric problems with ``x`` sharded).
     """
 
     def active(s):
+        if cfg.fixed_iterations:
+            return s.k < cfg.max_iterations
         going = (s.k < cfg.min_iterations) | (s.eps > eps) | (s.err > threshold)
         return (s.k < cfg.max_iterations) & going
 
+    if build is not None:
+        cols = (lambda g: g) if gather is None else gather
+        e_next = lambda s: _level_eps(cfg, eps, s.level)
+        kernel = lambda s: build(s.f, cols(s.g), e_next(s))
+
+        def anneal(c):
+            s, kern = c
+            s = body(s, kern)
+            rebuild = lambda: kernel(s)
+            return s, _next_kernel(cfg, kern, s.f, cols(s.g), e_next(s), rebuild)
+
+        def iterate(s, kern):
+            fresh = lambda t: (
+                active(t) & ~_stale(kern, t.f, cols(t.g), e_next(t), cfg.axis_name)
+            )
+            return lax.while_loop(fresh, lambda t: body(t, kern), s)
+
+        def absorb(c):
+            # At least one iteration per build, whatever _stale says (a NaN
+            # epsilon makes every kernel stale).
+            kern = kernel(c[0])
+            return iterate(body(c[0], kern), kern), kern
+
+        s, kern = init, kernel(init)
+        if cfg.epsilon_scaling is not None:
+            annealing = lambda c: active(c[0]) & (c[0].level > 0)
+            s, kern = lax.while_loop(annealing, anneal, (s, kern))
+        s = iterate(s, kern)
+        return lax.while_loop(lambda c: active(c[0]), absorb, (s, kern))
     if cfg.differentiation != "unroll" and not cfg.fixed_iterations:
-        return lax.while_loop(active, body, init)
+        return lax.while_loop(active, body, init), None
 
     step = jax.checkpoint(body) if cfg.differentiation == "unroll" else body
 
@@ -593,10 +796,34 @@ def _run_loop(cfg: _Config, body, init: _LoopState, threshold, eps):
         return jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, s), None
 
     out, _ = lax.scan(scan_body, init, None, length=cfg.max_iterations)
-    return out
+    return out, None
 
 
-def _init_state(cfg, f, g, eps0, dtype):
+def _levels(cfg: _Config, eps, eps0):
+    """Number of annealing levels: the first iteration runs near ``eps0``.
+
+    With ``q = epsilon_scaling``, the schedule is ``eps / q^L, ...,
+    eps / q, eps``: consecutive levels differ by exactly ``q``, so a cached
+    kernel passes from one to the next by an integer power when ``1 / q`` is
+    an integer (see :func:`_next_kernel`).
+    """
+    if cfg.epsilon_scaling is None:
+        return jnp.zeros((), jnp.int32)
+    ratio = jnp.log(eps0 / eps) / -math.log(cfg.epsilon_scaling)
+    ok = jnp.isfinite(ratio) & (ratio > 0)
+    levels = jnp.minimum(jnp.where(ok, ratio, 0.0), cfg.max_iterations)
+    return jnp.round(levels).astype(jnp.int32)
+
+
+def _level_eps(cfg: _Config, eps, level):
+    """``eps / q^level``: the epsilon of an iteration ``level`` levels above."""
+    if cfg.epsilon_scaling is None:
+        return eps
+    return eps * jnp.power(jnp.asarray(1.0 / cfg.epsilon_scaling, eps.dtype), level)
+
+
+def _init_state(cfg, f, g, eps, levels):
+    dtype = f.dtype
     inf = jnp.asarray(jnp.inf, dtype)
     return _LoopState(
         f=f,
@@ -604,20 +831,20 @@ def _init_state(cfg, f, g, eps0, dtype):
         f_out=f,
         err=inf,
         k=jnp.asarray(0, jnp.int32),
-        eps_next=eps0,
-        eps=eps0,
+        level=levels,
+        eps=_level_eps(cfg, eps, levels),
         omega=jnp.asarray(1.0, dtype),
         k_target=jnp.asarray(0, jnp.int32),
         history=jnp.full(3, jnp.inf, dtype),
         best=inf,
         errors=jnp.full(cfg.max_iterations, -1.0, dtype),
+        mass=inf,
     )
 
 
-def _next_eps(cfg: _Config, s: _LoopState, eps):
-    if cfg.epsilon_scaling is None:
-        return eps, s.eps_next
-    return jnp.maximum(s.eps_next, eps), s.eps_next * cfg.epsilon_scaling
+def _next_level(cfg: _Config, s: _LoopState, eps):
+    """``(epsilon, at_target, level after)`` of the iteration from ``s``."""
+    return _level_eps(cfg, eps, s.level), s.level == 0, jnp.maximum(s.level - 1, 0)
 
 
 def _solve_xy(cfg: _Config, cost_fn, geom, a, b, eps, eps0, threshold):
@@ -625,18 +852,25 @@ def _solve_xy(cfg: _Config, cost_fn, geom, a, b, eps, eps0, threshold):
     tiny = jnp.finfo(a.dtype).tiny
     log_a, log_b = jnp.log(a), jnp.log(b)
     kw = dict(block_size=cfg.block_size, axis_name=cfg.axis_name)
-    f0 = eps0 * log_a
+    levels = _levels(cfg, eps, eps0)
+    f0 = _level_eps(cfg, eps, levels) * log_a
     g0 = _hard_transform(cost_fn, geom, f0, **kw)
     omega0 = _omega_start(eps, eps0).astype(a.dtype)
 
-    def body(s: _LoopState) -> _LoopState:
-        e, eps_next = _next_eps(cfg, s, eps)
-        at_target = e <= eps
-        t = _sums(cost_fn, geom, s.f, s.g, e, transpose=True, **kw)
+    def body(s: _LoopState, kern: _Kernel | None = None) -> _LoopState:
+        e, at_target, level = _next_level(cfg, s, eps)
+        if kern is not None:
+            u = _scaling(s.f, kern.f0, e)
+            t = _psum(u @ kern.k, cfg.axis_name) * _scaling(s.g, kern.g0, e)
+        else:
+            t = _sums(cost_fn, geom, s.f, s.g, e, transpose=True, **kw)
         step_g = _relax(log_b - jnp.log(jnp.maximum(t, tiny)), s.omega)
         g = s.g + e * step_g
         col_err = jnp.sum(jnp.abs(t * jnp.exp(step_g) - b))
-        r = _sums(cost_fn, geom, s.f, g, e, transpose=False, **kw)
+        if kern is not None:
+            r = u * (kern.k @ _scaling(g, kern.g0, e))
+        else:
+            r = _sums(cost_fn, geom, s.f, g, e, transpose=False, **kw)
         err = _psum(jnp.sum(jnp.abs(r - a)), cfg.axis_name) + col_err
         f = s.f + e * _relax(log_a - jnp.log(jnp.maximum(r, tiny)), s.omega)
         omega, k_target, history, best = _adapt_omega(cfg, s, err, at_target, omega0)
@@ -646,17 +880,20 @@ def _solve_xy(cfg: _Config, cost_fn, geom, a, b, eps, eps0, threshold):
             f_out=s.f,
             err=err,
             k=s.k + 1,
-            eps_next=eps_next,
+            level=level,
             eps=e,
             omega=omega,
             k_target=k_target,
             history=history,
             best=best,
             errors=s.errors.at[s.k].set(err),
+            mass=_psum(jnp.sum(r), cfg.axis_name),
         )
 
-    init = _init_state(cfg, f0, g0, eps0, a.dtype)
-    return _run_loop(cfg, body, init, threshold, eps)
+    init = _init_state(cfg, f0, g0, eps, levels)
+    build = functools.partial(_kernel, cost_fn, geom)
+    build = build if _caches_kernel(cfg, geom) else None
+    return _run_loop(cfg, body, init, threshold, eps, build)
 
 
 def _solve_sym(cfg: _Config, cost_fn, geom, a, eps, eps0, threshold):
@@ -674,7 +911,8 @@ def _solve_sym(cfg: _Config, cost_fn, geom, a, eps, eps0, threshold):
         else (lambda v: lax.all_gather(v, axis_name, tiled=True))
     )
     kw = dict(block_size=cfg.block_size, axis_name=None)
-    f0 = eps0 * log_a
+    levels = _levels(cfg, eps, eps0)
+    f0 = _level_eps(cfg, eps, levels) * log_a
     # h_i = min_j (C_ij - f0_j); (f0 + h) / 2 keeps every exponent <= 0.
     h = -_reduce(
         cost_fn,
@@ -688,10 +926,13 @@ def _solve_sym(cfg: _Config, cost_fn, geom, a, eps, eps0, threshold):
     )
     f_init = 0.5 * (f0 + h)
 
-    def body(s: _LoopState) -> _LoopState:
-        e, eps_next = _next_eps(cfg, s, eps)
-        at_target = e <= eps
-        r = _sums(cost_fn, geom, s.f, gather(s.f), e, transpose=False, **kw)
+    def body(s: _LoopState, kern: _Kernel | None = None) -> _LoopState:
+        e, at_target, level = _next_level(cfg, s, eps)
+        if kern is None:
+            r = _sums(cost_fn, geom, s.f, gather(s.f), e, transpose=False, **kw)
+        else:
+            v = _scaling(gather(s.f), kern.g0, e)
+            r = _scaling(s.f, kern.f0, e) * (kern.k @ v)
         err = 2.0 * _psum(jnp.sum(jnp.abs(r - a)), axis_name)
         f = s.f + 0.5 * e * (log_a - jnp.log(jnp.maximum(r, tiny)))
         _, k_target, history, best = _adapt_omega(
@@ -703,16 +944,21 @@ def _solve_sym(cfg: _Config, cost_fn, geom, a, eps, eps0, threshold):
             f_out=s.f,
             err=err,
             k=s.k + 1,
-            eps_next=eps_next,
+            level=level,
             eps=e,
             k_target=k_target,
             history=history,
             best=best,
             errors=s.errors.at[s.k].set(err),
+            mass=_psum(jnp.sum(r), axis_name),
         )
 
-    init = _init_state(cfg, f_init, f_init, eps0, a.dtype)
-    return _run_loop(cfg, body, init, threshold, eps)
+    init = _init_state(cfg, f_init, f_init, eps, levels)
+    build = None
+    if _caches_kernel(cfg, geom):
+        # Columns are all points: the kernel and its staleness see gather(f).
+        build = lambda f, g, e: _kernel(cost_fn, geom, f, gather(g), e)
+    return _run_loop(cfg, body, init, threshold, eps, build, gather)
 
 
 # --------------------------------------------------------------------------
@@ -729,25 +975,39 @@ class _Problem(NamedTuple):
     eps: jax.Array  # []
 
 
+class _Aux(NamedTuple):
+    """What a solve reports besides the potentials (no gradient)."""
+
+    errors: jax.Array  # [max_iterations]
+    n_iter: jax.Array  # [] int32
+    converged: jax.Array  # [] bool
+    mass: jax.Array  # [] sum_ij P_ij at the returned potentials
+    transport_cost: jax.Array | None  # [] <P, C> from the cached kernel
+
+
 def _solve_and_state(cfg, prob: _Problem, eps0, threshold, symmetric):
+    """Solves; returns the final loop state and its :class:`_Aux`."""
+    geom, cost_fn, a, b, eps = prob
     if symmetric:
-        s = _solve_sym(cfg, prob.cost_fn, prob.geom, prob.a, prob.eps, eps0, threshold)
+        s, kern = _solve_sym(cfg, cost_fn, geom, a, eps, eps0, threshold)
     else:
-        s = _solve_xy(
-            cfg, prob.cost_fn, prob.geom, prob.a, prob.b, prob.eps, eps0, threshold
+        s, kern = _solve_xy(cfg, cost_fn, geom, a, b, eps, eps0, threshold)
+    transport_cost = None
+    if kern is not None and not symmetric:
+        kw = dict(block_size=cfg.block_size, axis_name=cfg.axis_name)
+        transport_cost = lax.cond(
+            kern.eps == eps,
+            lambda: _kernel_plan_cost(geom, kern, s.f_out, s.g, cfg.axis_name),
+            lambda: _plan_cost(cost_fn, geom, s.f_out, s.g, eps, **kw),
         )
-    return s
-
-
-def _aux(s: _LoopState, eps, threshold):
     converged = (s.err <= threshold) & (s.eps <= eps) & jnp.isfinite(s.err)
-    return s.errors, s.k, converged
+    return s, _Aux(s.errors, s.k, converged, s.mass, transport_cost)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4))
 def _fixed_point(cfg, prob, eps0, threshold, symmetric):
-    s = _solve_and_state(cfg, prob, eps0, threshold, symmetric)
-    return (s.f_out, s.g), _aux(s, prob.eps, threshold)
+    s, aux = _solve_and_state(cfg, prob, eps0, threshold, symmetric)
+    return (s.f_out, s.g), aux
 
 
 def _unwrap(tree):
@@ -795,11 +1055,10 @@ _fixed_point.defvjp(_fixed_point_fwd, _fixed_point_bwd, symbolic_zeros=True)
 
 
 def _potentials(cfg, prob, eps0, threshold, symmetric):
-    """Solves; returns ``(f, g), (errors, n_iter, converged)``."""
+    """Solves; returns ``(f, g)`` and an :class:`_Aux`."""
     if cfg.differentiation == "unroll":
-        s = _solve_and_state(cfg, prob, eps0, threshold, symmetric)
-        aux = jax.tree.map(lax.stop_gradient, _aux(s, prob.eps, threshold))
-        return (s.f_out, s.g), aux
+        s, aux = _solve_and_state(cfg, prob, eps0, threshold, symmetric)
+        return (s.f_out, s.g), jax.tree.map(lax.stop_gradient, aux)
     (f, g), aux = _fixed_point(cfg, prob, eps0, threshold, symmetric)
     return (f, g), jax.tree.map(lax.stop_gradient, aux)
 
@@ -959,26 +1218,30 @@ def _safe_log(w):
     return jnp.log(jnp.where(w > 0, w, 1.0))
 
 
-def _dual_value(cfg, cost_fn, geom, f, g, a, b, eps, symmetric):
+def _dual_value(cfg, cost_fn, geom, f, g, a, b, eps, symmetric, mass):
     """The dual objective, equal to the entropic cost at the optimum.
 
     ``<a, f - eps log a> + <b, g - eps log b> - eps (sum P - 1)``; with ``f, g``
     held fixed, its derivative in ``x, y, a, b, eps`` is the envelope gradient.
+    ``mass``, ``sum P`` as the solver's last pass computed it, is the value;
+    a pass over the plan gives its derivatives, only when differentiated.
     """
     kw = dict(block_size=cfg.block_size, axis_name=cfg.axis_name)
+
+    def total(geom, f, g, eps):
+        return _pair_sum(
+            cost_fn, geom, f, g, eps, jnp.ones_like(f), jnp.zeros_like(g), **kw
+        )
+
     fa = _psum(a @ jnp.where(a > 0, f - eps * _safe_log(a), 0.0), cfg.axis_name)
     if symmetric:
         g_all = (
             g if cfg.axis_name is None else lax.all_gather(g, cfg.axis_name, tiled=True)
         )
-        mass = _pair_sum(
-            cost_fn, geom, f, g_all, eps, jnp.ones_like(f), jnp.zeros_like(g_all), **kw
-        )
+        mass = _valued(total, mass, (geom, f, g_all, eps))
         return 2.0 * fa - eps * (mass - 1.0)
     gb = b @ jnp.where(b > 0, g - eps * _safe_log(b), 0.0)
-    mass = _pair_sum(
-        cost_fn, geom, f, g, eps, jnp.ones_like(f), jnp.zeros_like(g), **kw
-    )
+    mass = _valued(total, mass, (geom, f, g, eps))
     return fa + gb - eps * (mass - 1.0)
 
 
@@ -1020,16 +1283,20 @@ def _solve_problem(cfg, cost_fn, x, y, a, b, epsilon, threshold):
     geom = _make_geom(cost_fn, x, y, cfg.block_size, cfg.axis_name)
     eps, eps0 = _epsilons(cfg, cost_fn, geom, a, b, epsilon)
     prob = _Problem(geom, cost_fn, a, b, eps)
-    (f, g), (errors, n_iter, converged) = _potentials(cfg, prob, eps0, threshold, False)
+    (f, g), aux = _potentials(cfg, prob, eps0, threshold, False)
     f, g = _fix_gauge(f, g, a, b, cfg.axis_name)
     if cfg.differentiation == "envelope":
         fd, gd = lax.stop_gradient((f, g))
     else:
         fd, gd = f, g
-    reg_cost = _dual_value(cfg, cost_fn, geom, fd, gd, a, b, eps, False)
-    transport_cost = _plan_cost(
-        cost_fn, geom, f, g, eps, block_size=cfg.block_size, axis_name=cfg.axis_name
+    reg_cost = _dual_value(cfg, cost_fn, geom, fd, gd, a, b, eps, False, aux.mass)
+    plan_cost = functools.partial(
+        _plan_cost, cost_fn, block_size=cfg.block_size, axis_name=cfg.axis_name
     )
+    if aux.transport_cost is None:
+        transport_cost = plan_cost(geom, f, g, eps)
+    else:
+        transport_cost = _valued(plan_cost, aux.transport_cost, (geom, f, g, eps))
     ok = eps > 0
     nan_if_bad = lambda v: jnp.where(ok, v, jnp.nan)
     return SinkhornOutput(
@@ -1037,9 +1304,9 @@ def _solve_problem(cfg, cost_fn, x, y, a, b, epsilon, threshold):
         g=nan_if_bad(g),
         reg_cost=nan_if_bad(reg_cost),
         transport_cost=nan_if_bad(transport_cost),
-        converged=converged & ok,
-        n_iter=n_iter,
-        errors=errors,
+        converged=aux.converged & ok,
+        n_iter=aux.n_iter,
+        errors=aux.errors,
         epsilon=eps,
         x=x,
         y=y,
@@ -1062,10 +1329,10 @@ def _self_cost(cfg, cost_fn, pts, w, eps, eps0, threshold, axis_name):
     cols = pts if axis_name is None else lax.all_gather(pts, axis_name, tiled=True)
     geom = _make_geom(cost_fn, pts, cols, cfg.block_size, axis_name)
     prob = _Problem(geom, cost_fn, w, w, eps)
-    (f, _), (_, n_iter, converged) = _potentials(cfg, prob, eps0, threshold, True)
+    (f, _), aux = _potentials(cfg, prob, eps0, threshold, True)
     fd = lax.stop_gradient(f) if cfg.differentiation == "envelope" else f
-    cost = _dual_value(cfg, cost_fn, geom, fd, fd, w, w, eps, True)
-    return cost, f, n_iter, converged
+    cost = _dual_value(cfg, cost_fn, geom, fd, fd, w, w, eps, True, aux.mass)
+    return cost, f, aux.n_iter, aux.converged
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -1160,8 +1427,12 @@ def _check_options(
     )
 
 
-def _check_inputs(x, y, a, b, epsilon, threshold, cost_fn, block_size, validate):
-    """Static and (eager) value checks; unpacks an ott-jax ``PointCloud``."""
+def _check_inputs(x, y, a, b, epsilon, threshold, cost_fn, cfg, validate):
+    """Static and (eager) value checks; unpacks an ott-jax ``PointCloud``.
+
+    Also resolves ``cfg.block_size`` and whether to cache the kernel.
+    """
+    block_size = cfg.block_size
     if isinstance(x, pointcloud.PointCloud):
         if y is not None:
             raise ValueError("y must be None when x is an ott-jax PointCloud")
@@ -1199,7 +1470,8 @@ def _check_inputs(x, y, a, b, epsilon, threshold, cost_fn, block_size, validate)
     b = _validate.check_weights(b, "b", (m,), dtype=dtype, validate=validate)
     _validate.check_finite(x, "x", validate)
     _validate.check_finite(y, "y", validate)
-    block_size = _resolve_block(block_size, n, m, cost_fn)
+    block = _resolve_block(block_size, n, m, cost_fn)
+    kernel = _kernel_entries(block_size, block, cost_fn, cfg)
     if epsilon is not None:
         epsilon = _validate.as_float(epsilon, "epsilon", ndim=0, dtype=dtype)
         _validate.value_check(
@@ -1211,7 +1483,7 @@ def _check_inputs(x, y, a, b, epsilon, threshold, cost_fn, block_size, validate)
     _validate.value_check(
         validate, threshold >= 0, f"threshold must be >= 0, got {threshold}"
     )
-    return x, y, a, b, epsilon, threshold, cost_fn, block_size
+    return x, y, a, b, epsilon, threshold, cost_fn, block, kernel
 
 
 def sinkhorn(
@@ -1257,28 +1529,39 @@ def sinkhorn(
       threshold: tolerance on the L1 marginal error. Rounding of the
         exponents ``(f_i + g_j - C_ij) / epsilon`` puts a floor of the order
         of ``u max|C| / epsilon`` under the reachable error (``u`` the unit
-        roundoff, ``6e-8`` in float32): in float32 at ``epsilon = 1e-4 x``
-        the cost scale that floor is a few ``1e-3``, so such a solve stays
-        finite but ends with ``converged=False`` at ``threshold=1e-3``. Use
-        float64 there.
+        roundoff, ``6e-8`` in float32) when they are recomputed at every
+        pass (online mode): in float32 at ``epsilon = 1e-4 x`` the cost
+        scale that floor is a few ``1e-3``, so such a solve stays finite but
+        may end with ``converged=False`` at ``threshold=1e-3``. The cached
+        kernel (see ``block_size``) rounds once per build and reaches lower
+        errors; float64 is the safe choice there.
       max_iterations: iteration budget (annealing iterations included); also
         the length of ``errors``.
       min_iterations: iterations run before convergence is tested.
-      epsilon_scaling: ``q`` in ``(0, 1)``: the ``k``-th iteration uses
-        ``max(epsilon, s q^k)``, annealing from the cost scale ``s`` down to
-        ``epsilon``, one iteration per level (GeomLoss); ``None`` disables it.
+      epsilon_scaling: ``q`` in ``(0, 1)``: anneal from about the cost scale
+        ``s`` down to ``epsilon``, one iteration per level (GeomLoss): the
+        levels are ``epsilon / q^L, ..., epsilon / q, epsilon`` with ``L``
+        the nearest integer to ``log(s / epsilon) / log(1 / q)``, so that a
+        cached kernel passes from one level to the next by the integer power
+        ``1 / q`` when it is one (the default ``1/2``). ``None`` disables it.
       relaxation: ``"adaptive"`` (default: plain Sinkhorn while annealing;
         at ``epsilon``, over-relaxation ``omega`` starting from the optimum
         for a plain rate ``1 - 4 epsilon / s`` (plain without annealing) and
         raised as the observed convergence rate requires), or a fixed
         ``omega`` in ``(0, 2)`` (1 is plain Sinkhorn).
       block_size: ``None`` materialises the ``[n, m]`` cost matrix once (and
-        its transpose); an int recomputes it by blocks of ``block_size`` rows
-        at every pass (online mode, memory ``O((n + m) d + block_size max(n,
-        m))``); ``"auto"`` (default) is dense for small problems and online
-        with blocks of about ``2^20`` entries above ``2^16`` entries for the
-        squared Euclidean cost (whose blocks are one in-cache matrix product,
-        faster than reading a stored matrix) or ``2^24`` for other costs.
+        its transpose) and caches the kernel ``exp((f + g - C) / epsilon)``
+        (stabilised scaling: a pass is a matrix-vector product); an int
+        recomputes the cost by blocks of ``block_size`` rows at every pass
+        (online mode, memory ``O((n + m) d + block_size max(n, m))``, no
+        cached kernel); ``"auto"`` (default) is dense for small problems and
+        online with blocks of about ``2^20`` entries above ``2^16`` entries
+        for the squared Euclidean cost (whose blocks are one in-cache matrix
+        product) or ``2^24`` for other costs, and with the squared Euclidean
+        cost it still caches the kernel up to ``2^25`` entries (128 MB in
+        float32) per problem. The kernel is not cached with
+        ``differentiation="unroll"``. Under ``vmap`` each problem has its
+        own kernel: use an int ``block_size`` for large batches.
       differentiation: how gradients flow through the solution:
         ``"envelope"`` (default): ``reg_cost`` is differentiated w.r.t. ``x,
         y, a, b, epsilon`` with the potentials held fixed (Danskin's
@@ -1336,10 +1619,10 @@ def sinkhorn(
         min_iterations=min_iterations,
         axis_name=axis_name,
     )
-    x, y, a, b, epsilon, threshold, cost_fn, block = _check_inputs(
-        x, y, a, b, epsilon, threshold, cost_fn, cfg.block_size, validate
+    x, y, a, b, epsilon, threshold, cost_fn, block, kernel = _check_inputs(
+        x, y, a, b, epsilon, threshold, cost_fn, cfg, validate
     )
-    cfg = dataclasses.replace(cfg, block_size=block)
+    cfg = dataclasses.replace(cfg, block_size=block, kernel=kernel)
     return _sinkhorn_core(x, y, a, b, epsilon, threshold, cost_fn, cfg)
 
 
@@ -1436,10 +1719,10 @@ def sinkhorn_divergence(
     )
     if isinstance(x, pointcloud.PointCloud):
         raise TypeError("sinkhorn_divergence takes arrays x, y, not a PointCloud")
-    x, y, a, b, epsilon, threshold, cost_fn, block = _check_inputs(
-        x, y, a, b, epsilon, threshold, cost_fn, cfg.block_size, validate
+    x, y, a, b, epsilon, threshold, cost_fn, block, kernel = _check_inputs(
+        x, y, a, b, epsilon, threshold, cost_fn, cfg, validate
     )
-    cfg = dataclasses.replace(cfg, block_size=block)
+    cfg = dataclasses.replace(cfg, block_size=block, kernel=kernel)
     return _divergence_core(x, y, a, b, epsilon, threshold, cost_fn, cfg)
 
 

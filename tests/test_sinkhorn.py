@@ -238,6 +238,72 @@ def test_online_equals_dense(dtype):
     # (Online gradients: see test_sharded_equals_single_device.)
 
 
+def _cloud(dtype, n=300, m=260, seed=3):
+    """A problem above 2^16 entries: "auto" runs online with a cached kernel."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, D))
+    y = rng.normal(size=(m, D)) * 0.7 + 1.0
+    a = rng.uniform(0.2, 1.0, n)
+    b = rng.uniform(0.2, 1.0, m)
+    cast = lambda v: np.asarray(v, dtype)
+    return cast(x), cast(y), cast(a / a.sum()), cast(b / b.sum())
+
+
+def test_cached_kernel_equals_online(dtype):
+    x, y, a, b = _cloud(dtype)
+    eps = 0.02 * float(np.mean(_cost(x, y)))
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    # Each exponent (f_i + g_j - C_ij) / eps carries a rounding error of
+    # ~u max|C| / eps: potentials computed in a different order (a product
+    # with a cached kernel instead of exponentials) differ by a few u max|C|.
+    atol = 20 * np.finfo(dtype).eps * float(np.max(_cost(x, y)))
+    for opts in (
+        {},  # annealing by squaring the kernel (1 / q = 2)
+        dict(epsilon_scaling=0.3),  # non-integer 1 / q: rebuilt at each level
+        dict(epsilon_scaling=None),
+        dict(max_iterations=2),  # stopped while annealing: outputs by passes
+    ):
+        kw = dict(a=a, b=b, epsilon=eps, **opts)
+        online = densax.ot.sinkhorn(x, y, block_size=64, **kw)  # no kernel
+        for block in ("auto", None):  # kernel built online, or from the cost
+            out = densax.ot.sinkhorn(x, y, block_size=block, **kw)
+            assert int(out.n_iter) == int(online.n_iter), (opts, block)
+            assert bool(out.converged) == bool(online.converged)
+            for key in ("reg_cost", "transport_cost", "f", "g"):
+                np.testing.assert_allclose(
+                    getattr(out, key), getattr(online, key), rtol=rtol, atol=atol
+                )
+
+
+def test_kernel_rebuilds_when_scalings_drift(monkeypatch):
+    # float32 at a small epsilon: the potentials drift by more than
+    # 21.8 epsilon (scalings beyond tiny^(-1/4)), so the kernel is rebuilt.
+    builds = []
+    build = _sinkhorn._kernel
+
+    def counted(*args):
+        jax.debug.callback(lambda: builds.append(1))
+        return build(*args)
+
+    monkeypatch.setattr(_sinkhorn, "_kernel", counted)
+    x, y, a, b = _cloud(np.float32)
+    eps = 2e-3 * float(np.mean(_cost(x, y)))
+    _sinkhorn._sinkhorn_core.clear_cache()  # trace again, with `counted`
+    try:
+        out = densax.ot.sinkhorn(x, y, a=a, b=b, epsilon=eps)
+    finally:
+        _sinkhorn._sinkhorn_core.clear_cache()
+    assert len(builds) >= 3 and bool(out.converged)
+    with jax.enable_x64(True):
+        x64, y64, a64, b64 = _cloud(np.float64)
+        ref = densax.ot.sinkhorn(
+            x64, y64, a=a64, b=b64, epsilon=eps, threshold=TIGHT, block_size=64
+        )
+        ref_cost = float(ref.reg_cost)
+    # float32 against a converged float64 reference (2e-8 when written).
+    np.testing.assert_allclose(out.reg_cost, ref_cost, rtol=1e-5)
+
+
 def test_defaults_and_output_fields(x64):
     x, y, a, b = _data()
     out = densax.ot.sinkhorn(x, y, a=a * 3.0, b=b)  # weights are normalised
