@@ -23,11 +23,11 @@ import pytest  # noqa: E402
 def _release_executables():
     """Frees jax's compiled programs after each test module.
 
-    Each XLA:CPU executable holds memory mappings for its JIT code (about 250
-    for one Sinkhorn solve), and Linux caps a process at ``vm.max_map_count``
-    (65530 by default). Kept for the whole session, the suite's programs
-    reached that cap: compilation then failed, and unwinding its C++
-    exception segfaulted.
+    Each XLA:CPU executable holds memory mappings for its JIT code (a few
+    hundred for one Sinkhorn solve), and Linux caps a process at
+    ``vm.max_map_count`` (65530 by default). Kept for the whole session, the
+    suite's programs reached that cap: compilation then failed, and unwinding
+    its C++ exception segfaulted.
     """
     yield
     jax.clear_caches()
