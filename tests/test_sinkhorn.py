@@ -304,6 +304,16 @@ def test_kernel_rebuilds_when_scalings_drift(monkeypatch):
     np.testing.assert_allclose(out.reg_cost, ref_cost, rtol=1e-5)
 
 
+def test_auto_block_rows():
+    # About 2^20 entries a block, at least 64 rows for the squared Euclidean
+    # cost (narrower products are 4x slower an entry), 8 for other costs.
+    sq, other = costs.SqEuclidean(), costs.Euclidean()
+    assert _sinkhorn._resolve_block("auto", 8192, 4096, sq) == 128
+    assert _sinkhorn._resolve_block("auto", 10**5, 10**5, sq) == 64
+    assert _sinkhorn._resolve_block("auto", 10**5, 10**5, other) == 10
+    assert _sinkhorn._resolve_block("auto", 100, 100, sq) is None  # dense
+
+
 def test_defaults_and_output_fields(x64):
     x, y, a, b = _data()
     out = densax.ot.sinkhorn(x, y, a=a * 3.0, b=b)  # weights are normalised
