@@ -24,9 +24,11 @@ time is not comparable.
 Also: the gradient of the entropic cost w.r.t. ``x`` (densax's envelope
 gradient vs ott-jax's default), and time per iteration: the online mode at
 n = m = 10^5, d = 3 with its memory (XLA's planned peak and the growth of the
-process's peak RSS), beside online and dense at n = m = 4096. A per-iteration
-time is the difference between a run of ``k`` iterations (threshold 0) and
-one of none (threshold inf) of the same compiled solver, divided by ``k``.
+process's peak RSS), beside n = m = 4096 with the default (a cached kernel at
+this size), online (``block_size=256``: no cached kernel, the 10^5 case's
+algorithm) and dense. A per-iteration time is the difference between a run
+of ``k`` iterations (threshold 0) and one of none (threshold inf) of the same
+compiled solver, divided by ``k``.
 ott-jax's own online mode (``batch_size``) is tried and its error recorded.
 
 JAX runs jitted, timed after a warm-up; each jitted function is built once and
@@ -389,7 +391,11 @@ def _online_cases(args, records, n_big, n_dense, d):
     x64, y64 = _data(n_dense, d, seed=2)
     eps = np.float32(0.1 * _mean_cost(x64, y64))
     x, y = jnp.asarray(x64, jnp.float32), jnp.asarray(y64, jnp.float32)
-    for impl, block in (("densax", "auto"), ("densax dense", None)):
+    for impl, block in (
+        ("densax", "auto"),
+        ("densax online (block_size=256)", 256),
+        ("densax dense", None),
+    ):
         timing, fn = _per_iteration(block, 20, x, y, eps, args.repeat)
         ns = timing["time_s"] / n_dense**2 * 1e9
         records.append(
