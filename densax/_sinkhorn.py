@@ -217,6 +217,11 @@ def _psum(v: Any, axis_name: Any) -> Any:
     return v if axis_name is None else lax.psum(v, axis_name)
 
 
+def _gather(v: jax.Array, axis_name: Any) -> jax.Array:
+    """``v`` of every device, concatenated along its first axis."""
+    return v if axis_name is None else lax.all_gather(v, axis_name, tiled=True)
+
+
 def _pairwise(cost_fn: costs.CostFn, x: jax.Array, y: jax.Array) -> jax.Array:
     """Cost matrix ``[n, m]``; one matrix product for the squared Euclidean."""
     if _is_sq_euclidean(cost_fn):
@@ -909,11 +914,7 @@ def _solve_sym(cfg: _Config, cost_fn, geom, a, eps, eps0, threshold):
     tiny = jnp.finfo(a.dtype).tiny
     log_a = jnp.log(a)
     axis_name = cfg.axis_name
-    gather = (
-        (lambda v: v)
-        if axis_name is None
-        else (lambda v: lax.all_gather(v, axis_name, tiled=True))
-    )
+    gather = functools.partial(_gather, axis_name=axis_name)
     kw = dict(block_size=cfg.block_size, axis_name=None)
     levels = _levels(cfg, eps, eps0)
     f0 = _level_eps(cfg, eps, levels) * log_a
@@ -989,13 +990,32 @@ class _Aux(NamedTuple):
     transport_cost: jax.Array | None  # [] <P, C> from the cached kernel
 
 
+def _mass(cfg, cost_fn, geom, f, g, eps):
+    """``sum_ij P_ij`` at ``(f, g, eps)`` by a pass, differentiable."""
+    ones, zeros = jnp.ones_like(f), jnp.zeros_like(g)
+    kw = dict(block_size=cfg.block_size, axis_name=cfg.axis_name)
+    return _pair_sum(cost_fn, geom, f, g, eps, ones, zeros, **kw)
+
+
 def _solve_and_state(cfg, prob: _Problem, eps0, threshold, symmetric):
-    """Solves; returns the final loop state and its :class:`_Aux`."""
+    """Solves; returns the final loop state and its :class:`_Aux`.
+
+    The loop's last pass gives the plan's mass, and a cached kernel its
+    transport cost, when they are at the target epsilon; a solve stopped
+    while annealing pays a pass for each instead.
+    """
     geom, cost_fn, a, b, eps = prob
     if symmetric:
         s, kern = _solve_sym(cfg, cost_fn, geom, a, eps, eps0, threshold)
+        g = _gather(s.f_out, cfg.axis_name)  # the columns are all points
     else:
         s, kern = _solve_xy(cfg, cost_fn, geom, a, b, eps, eps0, threshold)
+        g = s.g
+    mass = lax.cond(
+        s.eps == eps,
+        lambda: s.mass,
+        lambda: _mass(cfg, cost_fn, geom, s.f_out, g, eps),
+    )
     transport_cost = None
     if kern is not None and not symmetric:
         kw = dict(block_size=cfg.block_size, axis_name=cfg.axis_name)
@@ -1005,7 +1025,7 @@ def _solve_and_state(cfg, prob: _Problem, eps0, threshold, symmetric):
             lambda: _plan_cost(cost_fn, geom, s.f_out, s.g, eps, **kw),
         )
     converged = (s.err <= threshold) & (s.eps <= eps) & jnp.isfinite(s.err)
-    return s, _Aux(s.errors, s.k, converged, s.mass, transport_cost)
+    return s, _Aux(s.errors, s.k, converged, mass, transport_cost)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4))
@@ -1170,11 +1190,7 @@ def _implicit_vjp_sym(cfg, prob: _Problem, f, ct):
     """
     geom, cost_fn, _, _, eps = prob
     axis_name = cfg.axis_name
-    gather = (
-        (lambda v: v)
-        if axis_name is None
-        else (lambda v: lax.all_gather(v, axis_name, tiled=True))
-    )
+    gather = functools.partial(_gather, axis_name=axis_name)
     kw = dict(block_size=cfg.block_size, axis_name=None)
     f_all = gather(f)
     d = _sums(cost_fn, geom, f, f_all, eps, transpose=False, **kw)
@@ -1227,22 +1243,14 @@ def _dual_value(cfg, cost_fn, geom, f, g, a, b, eps, symmetric, mass):
 
     ``<a, f - eps log a> + <b, g - eps log b> - eps (sum P - 1)``; with ``f, g``
     held fixed, its derivative in ``x, y, a, b, eps`` is the envelope gradient.
-    ``mass``, ``sum P`` as the solver's last pass computed it, is the value;
-    a pass over the plan gives its derivatives, only when differentiated.
+    ``mass``, ``sum P`` as the solve computed it (:class:`_Aux`), is the
+    value; a pass over the plan gives its derivatives, only when
+    differentiated.
     """
-    kw = dict(block_size=cfg.block_size, axis_name=cfg.axis_name)
-
-    def total(geom, f, g, eps):
-        return _pair_sum(
-            cost_fn, geom, f, g, eps, jnp.ones_like(f), jnp.zeros_like(g), **kw
-        )
-
+    total = functools.partial(_mass, cfg, cost_fn)
     fa = _psum(a @ jnp.where(a > 0, f - eps * _safe_log(a), 0.0), cfg.axis_name)
     if symmetric:
-        g_all = (
-            g if cfg.axis_name is None else lax.all_gather(g, cfg.axis_name, tiled=True)
-        )
-        mass = _valued(total, mass, (geom, f, g_all, eps))
+        mass = _valued(total, mass, (geom, f, _gather(g, cfg.axis_name), eps))
         return 2.0 * fa - eps * (mass - 1.0)
     gb = b @ jnp.where(b > 0, g - eps * _safe_log(b), 0.0)
     mass = _valued(total, mass, (geom, f, g, eps))
@@ -1330,7 +1338,7 @@ def _sinkhorn_core(x, y, a, b, epsilon, threshold, cost_fn, cfg):
 def _self_cost(cfg, cost_fn, pts, w, eps, eps0, threshold, axis_name):
     """Entropic cost OT(w, w) and its symmetric potential."""
     cfg = dataclasses.replace(cfg, axis_name=axis_name)
-    cols = pts if axis_name is None else lax.all_gather(pts, axis_name, tiled=True)
+    cols = _gather(pts, axis_name)
     geom = _make_geom(cost_fn, pts, cols, cfg.block_size, axis_name)
     prob = _Problem(geom, cost_fn, w, w, eps)
     (f, _), aux = _potentials(cfg, prob, eps0, threshold, True)
