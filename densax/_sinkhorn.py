@@ -358,7 +358,7 @@ def _reduce(cost_fn, geom, f, g, eps, *, transpose, block_size, op):
         f,
         g,
         eps,
-        lambda c, v, ok: reduce(v),
+        lambda c, v, ok: reduce(jnp.where(ok, v, -jnp.inf)),
         transpose=transpose,
         block_size=block_size,
         remat=False,

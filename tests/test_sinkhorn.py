@@ -370,19 +370,24 @@ def test_pointcloud_and_to_ott(x64):
     assert int(as_ott.n_iters) == int(out.n_iter)
 
 
+@pytest.mark.parametrize("cost_fn", [costs.SqEuclidean(), costs.Euclidean()])
 @pytest.mark.parametrize("block", [None, 7])
-def test_zero_weights(x64, block):
+def test_zero_weights(x64, block, cost_fn):
     x, y, a, b = _data()
-    a = a.copy()
+    a, b = a.copy(), b.copy()
     a[:3] = 0.0
-    kw = dict(epsilon=EPS, block_size=block)
+    b[-2:] = 0.0
+    kw = dict(epsilon=EPS, block_size=block, cost_fn=cost_fn)
     out = densax.ot.sinkhorn(x, y, a=a, b=b, threshold=TIGHT, **kw)
-    sub = densax.ot.sinkhorn(x[3:], y, a=a[3:], b=b, threshold=TIGHT, **kw)
-    assert np.all(np.isneginf(out.f[:3]))
+    sub = densax.ot.sinkhorn(x[3:], y[:-2], a=a[3:], b=b[:-2], threshold=TIGHT, **kw)
+    assert out.converged and np.all(np.isneginf(out.f[:3]))
+    assert np.all(np.isneginf(out.g[-2:]))
     np.testing.assert_allclose(out.reg_cost, sub.reg_cost, rtol=1e-10)
     np.testing.assert_allclose(out.transport_cost, sub.transport_cost, rtol=1e-10)
     np.testing.assert_allclose(out.f[3:], sub.f, atol=1e-9)
-    assert np.all(densax.ot.transport_plan(out)[:3] == 0)
+    np.testing.assert_allclose(out.g[:-2], sub.g, atol=1e-9)
+    plan = densax.ot.transport_plan(out)
+    assert np.all(plan[:3] == 0) and np.all(plan[:, -2:] == 0)
     for key, how in (("reg_cost", "envelope"), ("transport_cost", "implicit")):
         grad = jax.grad(
             lambda x, key=key, how=how: getattr(
