@@ -36,6 +36,9 @@ The solver core, written for speed on CPU and accelerators:
   ``block_size=B`` recomputes cost blocks of ``B`` rows inside ``lax.map``
   (memory ``O((n + m) d + B max(n, m))``, no cached kernel); for the squared
   Euclidean cost a block is a single matrix product, which stays in cache.
+  An online iteration is **one pass**: a stripe of columns gives their
+  masses, hence the new ``g`` there, and, rescaled while still in cache,
+  its share of the row masses at that ``g`` (half the exponentials).
   The default ``"auto"`` caches the kernel up to ``2^25`` entries and runs
   online passes (the annealing start, the outputs' derivatives) beside it.
 * **Gradients** by the envelope theorem (default: the cost of one pass), by
@@ -107,6 +110,7 @@ _AUTO_MIN_ROWS_SQEUCLIDEAN = 64
 _AUTO_KERNEL_ENTRIES = 1 << 25
 _UNLIMITED = 1 << 62
 _BUILD_ENTRIES = 1 << 19  # row blocks of a kernel build (online, sq. Euclidean)
+_STRIPE_ENTRIES = 1 << 21  # column stripes of an online iteration (_one_pass)
 
 
 class SinkhornOutput(NamedTuple):
@@ -378,6 +382,76 @@ def _sums(cost_fn, geom, f, g, eps, *, transpose, block_size, axis_name):
         op="sumexp",
     )
     return _psum(out, axis_name) if transpose else out
+
+
+def _stripe_width(block_size: int, rows: int) -> int:
+    """Columns per stripe of :func:`_one_pass`.
+
+    ``block_size`` at most, and about ``_STRIPE_ENTRIES`` entries, so that a
+    stripe stays in cache.
+    """
+    return max(1, min(block_size, _STRIPE_ENTRIES // max(rows, 1)))
+
+
+def _scan_blocks(fn, carry, xs, block: int):
+    """``lax.scan`` of ``fn(carry, xs_block)`` over blocks of ``block`` rows.
+
+    The last ``len % block`` rows, if any, form one smaller block.
+    """
+    length = jax.tree.leaves(xs)[0].shape[0]
+    full, rest = divmod(length, block)
+    split = lambda v: v[: full * block].reshape(full, block, *v.shape[1:])
+    carry, out = lax.scan(fn, carry, jax.tree.map(split, xs))
+    out = jax.tree.map(lambda v: v.reshape(full * block, *v.shape[2:]), out)
+    if rest:
+        carry, tail = fn(carry, jax.tree.map(lambda v: v[full * block :], xs))
+        out = jax.tree.map(lambda u, v: jnp.concatenate([u, v]), out, tail)
+    return carry, out
+
+
+def _one_pass(cost_fn, geom, f, g, eps, b, log_b, omega, *, block_size, axis_name):
+    """An online iteration's two half-steps in one pass over the exponentials.
+
+    Column stripes ``J`` (all rows, ``B`` columns) are computed once: their
+    column masses ``t_J`` give the (relaxed) log-step of ``g_J``, and the
+    stripe, rescaled by ``exp(step_J)``, adds its part of the row masses at
+    the new ``g``, while it is still in cache. Half the exponentials of two
+    passes, the same arithmetic up to rounding.
+
+    Exponents are shifted by ``sigma = -log(tiny) / 2``: a rescaled entry
+    ``exp(v + step)`` then flushes to zero only below ``b_j exp(-sigma)``,
+    even when a column mass ``t_j`` is tiny, and with every ``v <= 0`` (see
+    the module docstring) nothing overflows.
+
+    Returns ``(step_g, col_err, r)``: the relaxed step of ``g`` (in units of
+    ``eps``), the L1 error of the column masses after it, and the row masses
+    ``[n]`` at ``g + eps step_g``.
+    """
+    tiny = jnp.finfo(f.dtype).tiny
+    sigma = -0.5 * math.log(float(tiny))
+    if _is_sq_euclidean(cost_fn):
+        xs, q_aug = _augmented(geom, f, g, eps, transpose=True)
+        exponent = lambda rows: rows @ q_aug.T
+    else:
+        xs = (geom.y, g)
+        exponent = lambda rows: (
+            (rows[1][:, None] + f[None, :] - _pairwise(cost_fn, geom.x, rows[0]).T)
+            / eps
+        )
+
+    def stripe(r, args):
+        rows, b_j, log_b_j = args
+        e = jnp.exp(exponent(rows) + sigma)  # [B, n]: exp(sigma) P_ij, transposed
+        t = _psum(jnp.sum(e, axis=1), axis_name)
+        # log max(t exp(-sigma), tiny), as in the two-pass update.
+        log_t = jnp.log(jnp.maximum(t, tiny * math.exp(sigma))) - sigma
+        step = _relax(log_b_j - log_t, omega)
+        scale = jnp.exp(step - sigma)
+        return r + scale @ e, (step, jnp.abs(t * scale - b_j))
+
+    width = _stripe_width(block_size, geom.x.shape[0])
+    r, (step, col_err) = _scan_blocks(stripe, jnp.zeros_like(f), (xs, b, log_b), width)
+    return step, jnp.sum(col_err), r
 
 
 def _hard_transform(cost_fn, geom, f, *, block_size, axis_name):
@@ -868,18 +942,24 @@ def _solve_xy(cfg: _Config, cost_fn, geom, a, b, eps, eps0, threshold):
 
     def body(s: _LoopState, kern: _Kernel | None = None) -> _LoopState:
         e, at_target, level = _next_level(cfg, s, eps)
-        if kern is not None:
-            u = _scaling(s.f, kern.f0, e)
-            t = _psum(u @ kern.k, cfg.axis_name) * _scaling(s.g, kern.g0, e)
+        if kern is None and geom.cost is None:
+            step_g, col_err, r = _one_pass(
+                cost_fn, geom, s.f, s.g, e, b, log_b, s.omega, **kw
+            )
+            g = s.g + e * step_g
         else:
-            t = _sums(cost_fn, geom, s.f, s.g, e, transpose=True, **kw)
-        step_g = _relax(log_b - jnp.log(jnp.maximum(t, tiny)), s.omega)
-        g = s.g + e * step_g
-        col_err = jnp.sum(jnp.abs(t * jnp.exp(step_g) - b))
-        if kern is not None:
-            r = u * (kern.k @ _scaling(g, kern.g0, e))
-        else:
-            r = _sums(cost_fn, geom, s.f, g, e, transpose=False, **kw)
+            if kern is not None:
+                u = _scaling(s.f, kern.f0, e)
+                t = _psum(u @ kern.k, cfg.axis_name) * _scaling(s.g, kern.g0, e)
+            else:
+                t = _sums(cost_fn, geom, s.f, s.g, e, transpose=True, **kw)
+            step_g = _relax(log_b - jnp.log(jnp.maximum(t, tiny)), s.omega)
+            g = s.g + e * step_g
+            col_err = jnp.sum(jnp.abs(t * jnp.exp(step_g) - b))
+            if kern is not None:
+                r = u * (kern.k @ _scaling(g, kern.g0, e))
+            else:
+                r = _sums(cost_fn, geom, s.f, g, e, transpose=False, **kw)
         err = _psum(jnp.sum(jnp.abs(r - a)), cfg.axis_name) + col_err
         f = s.f + e * _relax(log_a - jnp.log(jnp.maximum(r, tiny)), s.omega)
         omega, k_target, history, best = _adapt_omega(cfg, s, err, at_target, omega0)
@@ -1566,7 +1646,9 @@ def sinkhorn(
         (stabilised scaling: a pass is a matrix-vector product); an int
         recomputes the cost by blocks of ``block_size`` rows at every pass
         (online mode, memory ``O((n + m) d + block_size max(n, m))``, no
-        cached kernel); ``"auto"`` (default) is dense for small problems and
+        cached kernel; an iteration is one pass over stripes of at most
+        ``block_size`` columns, narrower when that keeps a stripe near
+        ``2^21`` entries); ``"auto"`` (default) is dense for small problems and
         online with blocks of about ``2^20`` entries above ``2^16`` entries
         for the squared Euclidean cost (whose blocks are one matrix product,
         of at least 64 rows) or ``2^24`` for other costs, and with the

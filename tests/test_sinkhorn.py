@@ -330,6 +330,37 @@ def test_solve_stopped_while_annealing_reports_its_own_dual_value(x64):
         np.testing.assert_allclose(div.divergence, xy - 0.5 * (xx + yy), rtol=1e-10)
 
 
+@pytest.mark.parametrize("cost_fn", [costs.SqEuclidean(), costs.Euclidean()])
+def test_one_pass_iteration_keeps_tiny_columns(cost_fn):
+    # An online iteration takes the column masses and, from the same stripe
+    # rescaled, the row masses at the new g (_one_pass). In columns whose
+    # mass is below float32's smallest normal, every entry would flush to 0,
+    # yet after the step (from the mass floored at tiny, as in the two-pass
+    # update) they hold a fair share of b_j. Exponents shifted by
+    # -log(tiny) / 2 keep them. Reference: the same half-steps in float64.
+    x, y, _, b = _data(np.float32)
+    eps = jnp.float32(EPS)
+    geom = _sinkhorn._make_geom(cost_fn, x, y, 5, None)
+    f = jnp.zeros(N, jnp.float32)
+    g = _sinkhorn._hard_transform(cost_fn, geom, f, block_size=5, axis_name=None)
+    g = g.at[::3].add(-92.0 * eps)  # column masses in [e^-92, 24 e^-92]
+    step, col_err, r = _sinkhorn._one_pass(
+        cost_fn, geom, f, g, eps, b, jnp.log(b), 1.3, block_size=5, axis_name=None
+    )
+    cost = _cost(x, y) if type(cost_fn) is costs.SqEuclidean else np.sqrt(_cost(x, y))
+    v = (np.asarray(g, np.float64)[None, :] - cost) / EPS
+    t = np.exp(v).sum(0)
+    tiny = np.finfo(np.float32).tiny
+    assert np.all(t[::3] < tiny)
+    ref_step = np.log(b) - np.log(np.maximum(t, tiny))
+    ref_step = ref_step + 0.3 * np.clip(ref_step, -5.0, 5.0)  # omega = 1.3
+    np.testing.assert_allclose(step, ref_step, rtol=1e-6, atol=1e-4)
+    ref_err = np.sum(np.abs(t * np.exp(ref_step) - b))
+    np.testing.assert_allclose(col_err, ref_err, rtol=1e-4)
+    ref_r = np.exp(v + np.asarray(step, np.float64)[None, :]).sum(1)
+    np.testing.assert_allclose(r, ref_r, rtol=1e-5)
+
+
 def test_auto_block_rows():
     # About 2^20 entries a block, at least 64 rows for the squared Euclidean
     # cost (narrower products are 4x slower an entry), 8 for other costs.
@@ -488,11 +519,16 @@ def test_jit_and_vmap():
         )
     )(ys, eps)
     div = jax.vmap(lambda y: densax.ot.sinkhorn_divergence(x, y, epsilon=EPS))(ys)
+    online = jax.vmap(lambda y, e: densax.ot.sinkhorn(x, y, epsilon=e, block_size=5))
+    online = online(ys, eps)
     jitted = jax.jit(lambda x, y, e: densax.ot.sinkhorn(x, y, epsilon=e))
     assert np.all(np.asarray(fixed.n_iter) == 80)
     for k in range(3):
         single = densax.ot.sinkhorn(x, ys[k], epsilon=eps[k])
         assert int(batched.n_iter[k]) == int(single.n_iter)
+        alone = densax.ot.sinkhorn(x, ys[k], epsilon=eps[k], block_size=5)
+        assert int(online.n_iter[k]) == int(alone.n_iter)
+        np.testing.assert_allclose(online.reg_cost[k], alone.reg_cost, rtol=1e-6)
         np.testing.assert_allclose(batched.reg_cost[k], single.reg_cost, rtol=1e-6)
         np.testing.assert_allclose(jitted(x, ys[k], eps[k]).f, single.f, atol=1e-6)
         # Fixed iterations: more than needed, converged, the same solution.
@@ -640,10 +676,13 @@ def test_non_convergence_is_flagged_and_finite():
     assert np.all(np.isfinite(out.f)) and np.isfinite(out.reg_cost)
 
 
-def test_tiny_epsilon_float32_stays_finite():
+@pytest.mark.parametrize("block", ["auto", 5])  # cached kernel, online
+def test_tiny_epsilon_float32_stays_finite(block):
     x, y, _, _ = _data(np.float32)
     scale = float(np.mean(_cost(x, y)))
-    out = densax.ot.sinkhorn_divergence(x, y, epsilon=1e-4 * scale, max_iterations=1000)
+    out = densax.ot.sinkhorn_divergence(
+        x, y, epsilon=1e-4 * scale, max_iterations=1000, block_size=block
+    )
     for leaf in (out.divergence, out.xy.f, out.xy.g, out.f_xx, out.xy.transport_cost):
         assert np.all(np.isfinite(leaf))
     errors = np.asarray(out.xy.errors)
