@@ -19,7 +19,7 @@ The solver core, written for speed on CPU and accelerators:
   cannot overflow, and an underflowing row (mass below the smallest normal
   number) takes a shorter, still monotone, step. The L1 marginal error comes
   free with each pass.
-* **epsilon-scaling** (annealing from the cost scale down to ``epsilon``,
+* **epsilon-scaling** (annealing from the cost's spread down to ``epsilon``,
   one iteration per level, as in GeomLoss) and **adaptive over-relaxation**
   (the relaxation ``omega`` of successive over-relaxation, started from the
   optimum for the rate that ``epsilon / scale`` predicts and raised from the
@@ -720,17 +720,47 @@ def _apply(cost_fn, geom, f, g, eps, vec, *, transpose, block_size, axis_name):
     )
 
 
+def _moments(v, w, axis_name):
+    """Centred moments of the points ``v`` under the weights ``w``.
+
+    Returns ``(mean [d], covariance [d, d], trace, var |u|^2, E[|u|^2 u] [d])``
+    with ``u = v - mean``.
+    """
+    mean = _psum(w @ v, axis_name)
+    u = v - mean
+    sq = jnp.sum(u * u, 1)
+    cov = _psum((u * w[:, None]).T @ u, axis_name)
+    trace = jnp.trace(cov)
+    var_sq = _psum(w @ (sq - trace) ** 2, axis_name)
+    return mean, cov, trace, var_sq, _psum((w * sq) @ u, axis_name)
+
+
 def _cost_scale(cost_fn, geom, a, b, *, block_size, axis_name):
-    """``sum_ij a_i b_j |C_ij|``: the mean cost under the independent coupling."""
+    """Mean and standard deviation of the cost under ``a ⊗ b``.
+
+    The mean is ``sum_ij a_i b_j |C_ij|``. For the squared Euclidean cost both
+    come in closed form from moments of each cloud (``O((n + m) d^2)``):
+    with ``x = mu + u`` and ``y = nu + w`` (``u, w`` centred, covariances
+    ``S, T``) and ``delta = mu - nu``,
+    ``Var C = Var|u|^2 + Var|w|^2 + 4 delta^T (S + T) delta + 4 tr(S T)
+    + 4 delta . (E[|u|^2 u] - E[|w|^2 w])``. Otherwise by one pass.
+    """
     if _is_sq_euclidean(cost_fn):
-        mean_x = _psum(a @ geom.x, axis_name)
-        mean_y = b @ geom.y
-        var_x = _psum(a @ jnp.sum((geom.x - mean_x) ** 2, 1), axis_name)
-        var_y = b @ jnp.sum((geom.y - mean_y) ** 2, 1)
-        return var_x + var_y + jnp.sum((mean_x - mean_y) ** 2)
+        mean_x, cov_x, tr_x, var_x, skew_x = _moments(geom.x, a, axis_name)
+        mean_y, cov_y, tr_y, var_y, skew_y = _moments(geom.y, b, None)
+        delta = mean_x - mean_y
+        mean = tr_x + tr_y + delta @ delta
+        var = (
+            var_x
+            + var_y
+            + 4.0 * delta @ (cov_x + cov_y) @ delta
+            + 4.0 * jnp.sum(cov_x * cov_y)
+            + 4.0 * delta @ (skew_x - skew_y)
+        )
+        return mean, jnp.sqrt(jnp.maximum(var, 0.0))
 
     def row(c, a_i):
-        return a_i * (jnp.abs(c) @ b)
+        return a_i * jnp.stack([jnp.abs(c) @ b, c @ b, (c * c) @ b])
 
     if geom.cost is not None:
         out = jax.vmap(row)(geom.cost, a)
@@ -741,7 +771,8 @@ def _cost_scale(cost_fn, geom, a, b, *, block_size, axis_name):
             (rows, a),
             batch_size=block_size,
         )
-    return _psum(jnp.sum(out), axis_name)
+    mean_abs, mean, second = _psum(jnp.sum(out, 0), axis_name)
+    return mean_abs, jnp.sqrt(jnp.maximum(second - mean * mean, 0.0))
 
 
 # --------------------------------------------------------------------------
@@ -773,13 +804,13 @@ def _relax(step, omega):
     return step + (omega - 1.0) * jnp.clip(step, -_RELAX_CLIP, _RELAX_CLIP)
 
 
-def _omega_start(eps, eps0):
+def _omega_start(eps, sched: "_Schedule"):
     """Relaxation that starts the target phase, from ``epsilon / scale``.
 
-    ``eps0`` is where the annealing starts (the cost scale); without annealing
-    it is ``eps`` itself, and the start is plain (``omega = 1``).
+    ``sched.scale`` is the cost scale; without annealing it is ``eps`` itself,
+    and the start is plain (``omega = 1``).
     """
-    gap = jnp.minimum(_GAP_PER_EPSILON * eps / eps0, 1.0)
+    gap = jnp.minimum(_GAP_PER_EPSILON * eps / sched.scale, 1.0)
     return lax.stop_gradient(2.0 / (1.0 + jnp.sqrt(gap)))
 
 
@@ -882,8 +913,8 @@ def _run_loop(
     return out, None
 
 
-def _levels(cfg: _Config, eps, eps0):
-    """Number of annealing levels: the first iteration runs near ``eps0``.
+def _levels(cfg: _Config, eps, sched: "_Schedule"):
+    """Number of annealing levels: the first iteration runs near ``sched.start``.
 
     With ``q = epsilon_scaling``, the schedule is ``eps / q^L, ...,
     eps / q, eps``: consecutive levels differ by exactly ``q``, so a cached
@@ -892,7 +923,7 @@ def _levels(cfg: _Config, eps, eps0):
     """
     if cfg.epsilon_scaling is None:
         return jnp.zeros((), jnp.int32)
-    ratio = jnp.log(eps0 / eps) / -math.log(cfg.epsilon_scaling)
+    ratio = jnp.log(sched.start / eps) / -math.log(cfg.epsilon_scaling)
     ok = jnp.isfinite(ratio) & (ratio > 0)
     levels = jnp.minimum(jnp.where(ok, ratio, 0.0), cfg.max_iterations)
     return jnp.round(levels).astype(jnp.int32)
@@ -930,15 +961,15 @@ def _next_level(cfg: _Config, s: _LoopState, eps):
     return _level_eps(cfg, eps, s.level), s.level == 0, jnp.maximum(s.level - 1, 0)
 
 
-def _solve_xy(cfg: _Config, cost_fn, geom, a, b, eps, eps0, threshold):
+def _solve_xy(cfg: _Config, cost_fn, geom, a, b, eps, sched, threshold):
     """Sinkhorn iterations for the cross problem; returns the final state."""
     tiny = jnp.finfo(a.dtype).tiny
     log_a, log_b = jnp.log(a), jnp.log(b)
     kw = dict(block_size=cfg.block_size, axis_name=cfg.axis_name)
-    levels = _levels(cfg, eps, eps0)
+    levels = _levels(cfg, eps, sched)
     f0 = _level_eps(cfg, eps, levels) * log_a
     g0 = _hard_transform(cost_fn, geom, f0, **kw)
-    omega0 = _omega_start(eps, eps0).astype(a.dtype)
+    omega0 = _omega_start(eps, sched).astype(a.dtype)
 
     def body(s: _LoopState, kern: _Kernel | None = None) -> _LoopState:
         e, at_target, level = _next_level(cfg, s, eps)
@@ -985,7 +1016,7 @@ def _solve_xy(cfg: _Config, cost_fn, geom, a, b, eps, eps0, threshold):
     return _run_loop(cfg, body, init, threshold, eps, build)
 
 
-def _solve_sym(cfg: _Config, cost_fn, geom, a, eps, eps0, threshold):
+def _solve_sym(cfg: _Config, cost_fn, geom, a, eps, sched, threshold):
     """Symmetric Sinkhorn for OT(a, a): ``f <- (f + T(f)) / 2``.
 
     With ``x`` sharded, ``geom`` pairs the local points (rows) with all points
@@ -996,7 +1027,7 @@ def _solve_sym(cfg: _Config, cost_fn, geom, a, eps, eps0, threshold):
     axis_name = cfg.axis_name
     gather = functools.partial(_gather, axis_name=axis_name)
     kw = dict(block_size=cfg.block_size, axis_name=None)
-    levels = _levels(cfg, eps, eps0)
+    levels = _levels(cfg, eps, sched)
     f0 = _level_eps(cfg, eps, levels) * log_a
     # h_i = min_j (C_ij - f0_j); (f0 + h) / 2 keeps every exponent <= 0.
     h = -_reduce(
@@ -1077,7 +1108,7 @@ def _mass(cfg, cost_fn, geom, f, g, eps):
     return _pair_sum(cost_fn, geom, f, g, eps, ones, zeros, **kw)
 
 
-def _solve_and_state(cfg, prob: _Problem, eps0, threshold, symmetric):
+def _solve_and_state(cfg, prob: _Problem, sched, threshold, symmetric):
     """Solves; returns the final loop state and its :class:`_Aux`.
 
     The loop's last pass gives the plan's mass, and a cached kernel its
@@ -1086,10 +1117,10 @@ def _solve_and_state(cfg, prob: _Problem, eps0, threshold, symmetric):
     """
     geom, cost_fn, a, b, eps = prob
     if symmetric:
-        s, kern = _solve_sym(cfg, cost_fn, geom, a, eps, eps0, threshold)
+        s, kern = _solve_sym(cfg, cost_fn, geom, a, eps, sched, threshold)
         g = _gather(s.f_out, cfg.axis_name)  # the columns are all points
     else:
-        s, kern = _solve_xy(cfg, cost_fn, geom, a, b, eps, eps0, threshold)
+        s, kern = _solve_xy(cfg, cost_fn, geom, a, b, eps, sched, threshold)
         g = s.g
     mass = lax.cond(
         s.eps == eps,
@@ -1109,8 +1140,8 @@ def _solve_and_state(cfg, prob: _Problem, eps0, threshold, symmetric):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4))
-def _fixed_point(cfg, prob, eps0, threshold, symmetric):
-    s, aux = _solve_and_state(cfg, prob, eps0, threshold, symmetric)
+def _fixed_point(cfg, prob, sched, threshold, symmetric):
+    s, aux = _solve_and_state(cfg, prob, sched, threshold, symmetric)
     return (s.f_out, s.g), aux
 
 
@@ -1121,18 +1152,18 @@ def _unwrap(tree):
     )
 
 
-def _fixed_point_fwd(cfg, prob, eps0, threshold, symmetric):
-    prob, eps0, threshold = _unwrap((prob, eps0, threshold))
-    out = _fixed_point(cfg, prob, eps0, threshold, symmetric)
-    return out, (prob, eps0, threshold, out[0])
+def _fixed_point_fwd(cfg, prob, sched, threshold, symmetric):
+    prob, sched, threshold = _unwrap((prob, sched, threshold))
+    out = _fixed_point(cfg, prob, sched, threshold, symmetric)
+    return out, (prob, sched, threshold, out[0])
 
 
 def _fixed_point_bwd(cfg, symmetric, res, ct):
-    prob, eps0, threshold, (f, g) = res
+    prob, sched, threshold, (f, g) = res
     (ct_f, ct_g), _ = ct
     nothing = (
         jax.tree.map(jnp.zeros_like, prob),
-        jnp.zeros_like(eps0),
+        jax.tree.map(jnp.zeros_like, sched),
         jnp.zeros_like(threshold),
     )
     if isinstance(ct_f, SymbolicZero) and isinstance(ct_g, SymbolicZero):
@@ -1158,12 +1189,12 @@ def _fixed_point_bwd(cfg, symmetric, res, ct):
 _fixed_point.defvjp(_fixed_point_fwd, _fixed_point_bwd, symbolic_zeros=True)
 
 
-def _potentials(cfg, prob, eps0, threshold, symmetric):
+def _potentials(cfg, prob, sched, threshold, symmetric):
     """Solves; returns ``(f, g)`` and an :class:`_Aux`."""
     if cfg.differentiation == "unroll":
-        s, aux = _solve_and_state(cfg, prob, eps0, threshold, symmetric)
+        s, aux = _solve_and_state(cfg, prob, sched, threshold, symmetric)
         return (s.f_out, s.g), jax.tree.map(lax.stop_gradient, aux)
-    (f, g), aux = _fixed_point(cfg, prob, eps0, threshold, symmetric)
+    (f, g), aux = _fixed_point(cfg, prob, sched, threshold, symmetric)
     return (f, g), jax.tree.map(lax.stop_gradient, aux)
 
 
@@ -1341,22 +1372,30 @@ def _normalise(w, axis_name):
     return w / _psum(jnp.sum(w), axis_name)
 
 
-def _epsilons(cfg, cost_fn, geom, a, b, epsilon):
-    """Target epsilon and the start of the annealing.
+class _Schedule(NamedTuple):
+    """Where the annealing starts, and the scale that sets ``omega0``."""
 
-    The target defaults to ``0.05 x`` the cost scale, the annealing starts at
-    the cost scale; both carry no gradient when derived from the data.
+    start: jax.Array  # [] the cost's spread (at least epsilon)
+    scale: jax.Array  # [] the cost scale (mean cost)
+
+
+def _epsilons(cfg, cost_fn, geom, a, b, epsilon):
+    """Target epsilon and the annealing :class:`_Schedule`.
+
+    The target defaults to ``0.05 x`` the cost scale (the mean cost, as in
+    ott-jax). The annealing starts at the cost's spread, its standard
+    deviation under ``a ⊗ b``: a constant added to the cost changes neither
+    the plan nor the spread, so it adds no level. Nothing here carries a
+    gradient when derived from the data.
     """
-    scale = lax.stop_gradient(
-        _cost_scale(
-            cost_fn, geom, a, b, block_size=cfg.block_size, axis_name=cfg.axis_name
-        )
-    )
+    kw = dict(block_size=cfg.block_size, axis_name=cfg.axis_name)
+    scale, spread = lax.stop_gradient(_cost_scale(cost_fn, geom, a, b, **kw))
     scale = jnp.where(scale > 0, scale, 1.0)
     eps = _DEFAULT_EPSILON_SCALE * scale if epsilon is None else epsilon
+    plain = lax.stop_gradient(eps)
     if cfg.epsilon_scaling is None:
-        return eps, lax.stop_gradient(eps)
-    return eps, lax.stop_gradient(jnp.maximum(scale, eps))
+        return eps, _Schedule(plain, plain)
+    return eps, _Schedule(jnp.maximum(spread, plain), jnp.maximum(scale, plain))
 
 
 def _fix_gauge(f, g, a, b, axis_name):
@@ -1373,9 +1412,9 @@ def _fix_gauge(f, g, a, b, axis_name):
 
 def _solve_problem(cfg, cost_fn, x, y, a, b, epsilon, threshold):
     geom = _make_geom(cost_fn, x, y, cfg.block_size, cfg.axis_name)
-    eps, eps0 = _epsilons(cfg, cost_fn, geom, a, b, epsilon)
+    eps, sched = _epsilons(cfg, cost_fn, geom, a, b, epsilon)
     prob = _Problem(geom, cost_fn, a, b, eps)
-    (f, g), aux = _potentials(cfg, prob, eps0, threshold, False)
+    (f, g), aux = _potentials(cfg, prob, sched, threshold, False)
     f, g = _fix_gauge(f, g, a, b, cfg.axis_name)
     if cfg.differentiation == "envelope":
         fd, gd = lax.stop_gradient((f, g))
@@ -1415,13 +1454,13 @@ def _sinkhorn_core(x, y, a, b, epsilon, threshold, cost_fn, cfg):
     return _solve_problem(cfg, cost_fn, x, y, a, b, epsilon, threshold)
 
 
-def _self_cost(cfg, cost_fn, pts, w, eps, eps0, threshold, axis_name):
+def _self_cost(cfg, cost_fn, pts, w, eps, sched, threshold, axis_name):
     """Entropic cost OT(w, w) and its symmetric potential."""
     cfg = dataclasses.replace(cfg, axis_name=axis_name)
     cols = _gather(pts, axis_name)
     geom = _make_geom(cost_fn, pts, cols, cfg.block_size, axis_name)
     prob = _Problem(geom, cost_fn, w, w, eps)
-    (f, _), aux = _potentials(cfg, prob, eps0, threshold, True)
+    (f, _), aux = _potentials(cfg, prob, sched, threshold, True)
     fd = lax.stop_gradient(f) if cfg.differentiation == "envelope" else f
     cost = _dual_value(cfg, cost_fn, geom, fd, fd, w, w, eps, True, aux.mass)
     return cost, f, aux.n_iter, aux.converged
@@ -1434,15 +1473,15 @@ def _divergence_core(x, y, a, b, epsilon, threshold, cost_fn, cfg):
     xy = _solve_problem(cfg, cost_fn, x, y, a, b, epsilon, threshold)
     eps = xy.epsilon
     if cfg.epsilon_scaling is None:
-        eps0 = lax.stop_gradient(eps)
+        sched = _Schedule(lax.stop_gradient(eps), lax.stop_gradient(eps))
     else:
         geom = _make_geom(cost_fn, x, y, cfg.block_size, cfg.axis_name)
-        eps0 = _epsilons(cfg, cost_fn, geom, a, b, epsilon)[1]
+        sched = _epsilons(cfg, cost_fn, geom, a, b, epsilon)[1]
     cost_xx, f_xx, n_xx, conv_xx = _self_cost(
-        cfg, cost_fn, x, a, eps, eps0, threshold, cfg.axis_name
+        cfg, cost_fn, x, a, eps, sched, threshold, cfg.axis_name
     )
     cost_yy, g_yy, n_yy, conv_yy = _self_cost(
-        cfg, cost_fn, y, b, eps, eps0, threshold, None
+        cfg, cost_fn, y, b, eps, sched, threshold, None
     )
     divergence = xy.reg_cost - 0.5 * (cost_xx + cost_yy)
     return SinkhornDivergenceOutput(
@@ -1630,10 +1669,12 @@ def sinkhorn(
       max_iterations: iteration budget (annealing iterations included); also
         the length of ``errors``.
       min_iterations: iterations run before convergence is tested.
-      epsilon_scaling: ``q`` in ``(0, 1)``: anneal from about the cost scale
-        ``s`` down to ``epsilon``, one iteration per level (GeomLoss): the
-        levels are ``epsilon / q^L, ..., epsilon / q, epsilon`` with ``L``
-        the nearest integer to ``log(s / epsilon) / log(1 / q)``, so that a
+      epsilon_scaling: ``q`` in ``(0, 1)``: anneal from about the cost's
+        spread ``sigma`` (its standard deviation under ``a ⊗ b``, which a
+        constant added to the cost leaves unchanged) down to ``epsilon``, one
+        iteration per level (GeomLoss): the levels are ``epsilon / q^L, ...,
+        epsilon / q, epsilon`` with ``L`` the nearest integer to
+        ``log(sigma / epsilon) / log(1 / q)`` (0 if negative), so that a
         cached kernel passes from one level to the next by the integer power
         ``1 / q`` when it is one (the default ``1/2``). ``None`` disables it.
       relaxation: ``"adaptive"`` (default: plain Sinkhorn while annealing;

@@ -361,6 +361,27 @@ def test_one_pass_iteration_keeps_tiny_columns(cost_fn):
     np.testing.assert_allclose(r, ref_r, rtol=1e-5)
 
 
+@pytest.mark.parametrize("cost_fn", [costs.SqEuclidean(), costs.Euclidean()])
+@pytest.mark.parametrize("block", [None, 5])
+def test_cost_scale_and_spread(x64, cost_fn, block):
+    # The mean cost (default epsilon) and its standard deviation under a ⊗ b
+    # (annealing start): closed form from moments for the squared Euclidean
+    # cost, a pass otherwise. The spread ignores a shift of the clouds' gap.
+    x, y, a, b = _data()
+    y = y + 3.0
+    geom = _sinkhorn._make_geom(cost_fn, x, y, block, None)
+    mean, spread = _sinkhorn._cost_scale(
+        cost_fn, geom, a, b, block_size=block, axis_name=None
+    )
+    cost = _cost(x, y) if type(cost_fn) is costs.SqEuclidean else np.sqrt(_cost(x, y))
+    w = a[:, None] * b[None, :]
+    ref_mean = np.sum(w * cost)
+    np.testing.assert_allclose(mean, ref_mean, rtol=1e-12)
+    np.testing.assert_allclose(
+        spread, np.sqrt(np.sum(w * (cost - ref_mean) ** 2)), rtol=1e-10
+    )
+
+
 def test_auto_block_rows():
     # About 2^20 entries a block, at least 64 rows for the squared Euclidean
     # cost (narrower products are 4x slower an entry), 8 for other costs.
