@@ -730,7 +730,7 @@ def _moments(v, w, axis_name):
     u = v - mean
     sq = jnp.sum(u * u, 1)
     cov = _psum((u * w[:, None]).T @ u, axis_name)
-    trace = jnp.trace(cov)
+    trace = _psum(w @ sq, axis_name)
     var_sq = _psum(w @ (sq - trace) ** 2, axis_name)
     return mean, cov, trace, var_sq, _psum((w * sq) @ u, axis_name)
 
@@ -1411,6 +1411,7 @@ def _fix_gauge(f, g, a, b, axis_name):
 
 
 def _solve_problem(cfg, cost_fn, x, y, a, b, epsilon, threshold):
+    """Solves ``OT(a, b)``; returns its :class:`SinkhornOutput` and schedule."""
     geom = _make_geom(cost_fn, x, y, cfg.block_size, cfg.axis_name)
     eps, sched = _epsilons(cfg, cost_fn, geom, a, b, epsilon)
     prob = _Problem(geom, cost_fn, a, b, eps)
@@ -1430,7 +1431,7 @@ def _solve_problem(cfg, cost_fn, x, y, a, b, epsilon, threshold):
         transport_cost = _valued(plan_cost, aux.transport_cost, (geom, f, g, eps))
     ok = eps > 0
     nan_if_bad = lambda v: jnp.where(ok, v, jnp.nan)
-    return SinkhornOutput(
+    out = SinkhornOutput(
         f=nan_if_bad(f),
         g=nan_if_bad(g),
         reg_cost=nan_if_bad(reg_cost),
@@ -1445,13 +1446,14 @@ def _solve_problem(cfg, cost_fn, x, y, a, b, epsilon, threshold):
         b=b,
         cost_fn=cost_fn,
     )
+    return out, sched
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _sinkhorn_core(x, y, a, b, epsilon, threshold, cost_fn, cfg):
     a = _normalise(a, cfg.axis_name)
     b = _normalise(b, None)
-    return _solve_problem(cfg, cost_fn, x, y, a, b, epsilon, threshold)
+    return _solve_problem(cfg, cost_fn, x, y, a, b, epsilon, threshold)[0]
 
 
 def _self_cost(cfg, cost_fn, pts, w, eps, sched, threshold, axis_name):
@@ -1470,13 +1472,9 @@ def _self_cost(cfg, cost_fn, pts, w, eps, sched, threshold, axis_name):
 def _divergence_core(x, y, a, b, epsilon, threshold, cost_fn, cfg):
     a = _normalise(a, cfg.axis_name)
     b = _normalise(b, None)
-    xy = _solve_problem(cfg, cost_fn, x, y, a, b, epsilon, threshold)
+    # The self-problems share the cross problem's epsilon and schedule.
+    xy, sched = _solve_problem(cfg, cost_fn, x, y, a, b, epsilon, threshold)
     eps = xy.epsilon
-    if cfg.epsilon_scaling is None:
-        sched = _Schedule(lax.stop_gradient(eps), lax.stop_gradient(eps))
-    else:
-        geom = _make_geom(cost_fn, x, y, cfg.block_size, cfg.axis_name)
-        sched = _epsilons(cfg, cost_fn, geom, a, b, epsilon)[1]
     cost_xx, f_xx, n_xx, conv_xx = _self_cost(
         cfg, cost_fn, x, a, eps, sched, threshold, cfg.axis_name
     )

@@ -366,7 +366,8 @@ def test_one_pass_iteration_keeps_tiny_columns(cost_fn):
 def test_cost_scale_and_spread(x64, cost_fn, block):
     # The mean cost (default epsilon) and its standard deviation under a ⊗ b
     # (annealing start): closed form from moments for the squared Euclidean
-    # cost, a pass otherwise. The spread ignores a shift of the clouds' gap.
+    # cost, a pass otherwise. y is moved away from x so that the closed
+    # form's terms in the difference of the means matter.
     x, y, a, b = _data()
     y = y + 3.0
     geom = _sinkhorn._make_geom(cost_fn, x, y, block, None)
