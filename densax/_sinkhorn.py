@@ -20,7 +20,8 @@ The solver core, written for speed on CPU and accelerators:
   number) takes a shorter, still monotone, step. The L1 marginal error comes
   free with each pass.
 * **epsilon-scaling** (annealing from the cost's spread down to ``epsilon``,
-  one iteration per level, as in GeomLoss) and **adaptive over-relaxation**
+  one iteration per level, as in GeomLoss, when ``epsilon`` is at least 4x
+  below the spread) and **adaptive over-relaxation**
   (the relaxation ``omega`` of successive over-relaxation, started from the
   optimum for the rate that ``epsilon / scale`` predicts and raised from the
   observed rate of convergence, Hageman & Young) cut the number of
@@ -91,6 +92,10 @@ _PROBE = 3  # errors at the target epsilon before the rate is first estimated
 # lam0 = 1 - _GAP_PER_EPSILON x epsilon / scale (the spectral gap of the Gibbs
 # kernel shrinks like epsilon / diameter^2 for the squared Euclidean cost).
 _GAP_PER_EPSILON = 4.0
+# Fewer annealing levels than this are not run: within a factor 1 / q^2 of
+# the start, plain iterations converge in a handful, and a level costs an
+# iteration and a kernel squaring.
+_MIN_LEVELS = 2.0
 _DIVERGENCE_GUARD = 100.0  # omega falls back to 1 if the error grows this much
 _DIRECT_SOLVE_MAX = 1024  # implicit gradients: direct solve up to this size
 _CG_MAX_ITER = 1000
@@ -467,6 +472,36 @@ def _hard_transform(cost_fn, geom, f, *, block_size, axis_name):
     return -(out if axis_name is None else lax.pmax(out, axis_name))
 
 
+def _ball_transform(geom, a, f, axis_name):
+    """A lower bound of ``min_i (C_ij - f_i)``, squared Euclidean cost.
+
+    With ``c`` the ``a``-weighted mean of ``x`` and ``R = max_i |x_i - c|``,
+    ``|x_i - y_j| >= |y_j - c| - R``, so ``g_j = max(|y_j - c| - R, 0)^2 -
+    max_i f_i`` keeps every exponent ``f_i + g_j - C_ij <= 0`` (up to
+    rounding), in ``O((n + m) d)`` instead of :func:`_hard_transform`'s pass
+    over the ``n m`` costs. It starts loops that cache the kernel: a bound
+    far below the minimum (clouds far apart relative to ``epsilon``) only
+    makes the first kernel stale, never overflows.
+    """
+    c = _psum(a @ geom.x, axis_name)
+    radius = jnp.sqrt(jnp.max(jnp.sum((geom.x - c) ** 2, 1)))
+    f_max = jnp.max(f)
+    if axis_name is not None:
+        radius, f_max = lax.pmax(radius, axis_name), lax.pmax(f_max, axis_name)
+    gap = jnp.maximum(jnp.sqrt(jnp.sum((geom.y - c) ** 2, 1)) - radius, 0.0)
+    return gap * gap - f_max
+
+
+def _bounded_start(cfg, cost_fn, geom) -> bool:
+    """Whether a loop starts from bounds instead of a pass over the costs.
+
+    Online with a cached kernel and the squared Euclidean cost: the pass
+    would cost about as much as the kernel's build (see
+    :func:`_ball_transform`).
+    """
+    return _caches_kernel(cfg, geom) and geom.cost is None and _is_sq_euclidean(cost_fn)
+
+
 def _finite_part(p):
     """``(p with -inf replaced by 0, mask of finite entries)``: zero weights."""
     ok = p > -jnp.inf
@@ -804,14 +839,16 @@ def _relax(step, omega):
     return step + (omega - 1.0) * jnp.clip(step, -_RELAX_CLIP, _RELAX_CLIP)
 
 
-def _omega_start(eps, sched: "_Schedule"):
+def _omega_start(eps, sched: "_Schedule", levels):
     """Relaxation that starts the target phase, from ``epsilon / scale``.
 
-    ``sched.scale`` is the cost scale; without annealing it is ``eps`` itself,
-    and the start is plain (``omega = 1``).
+    ``sched.scale`` is the cost scale. Without annealing levels (none asked
+    for, or ``epsilon`` near the start, where plain iterations converge
+    fast) the start is plain (``omega = 1``).
     """
     gap = jnp.minimum(_GAP_PER_EPSILON * eps / sched.scale, 1.0)
-    return lax.stop_gradient(2.0 / (1.0 + jnp.sqrt(gap)))
+    omega = jnp.where(levels > 0, 2.0 / (1.0 + jnp.sqrt(gap)), 1.0)
+    return lax.stop_gradient(omega)
 
 
 def _adapt_omega(cfg: _Config, s: _LoopState, err, at_target, omega0):
@@ -919,12 +956,12 @@ def _levels(cfg: _Config, eps, sched: "_Schedule"):
     With ``q = epsilon_scaling``, the schedule is ``eps / q^L, ...,
     eps / q, eps``: consecutive levels differ by exactly ``q``, so a cached
     kernel passes from one to the next by an integer power when ``1 / q`` is
-    an integer (see :func:`_next_kernel`).
+    an integer (see :func:`_next_kernel`). None below ``_MIN_LEVELS``.
     """
     if cfg.epsilon_scaling is None:
         return jnp.zeros((), jnp.int32)
     ratio = jnp.log(sched.start / eps) / -math.log(cfg.epsilon_scaling)
-    ok = jnp.isfinite(ratio) & (ratio > 0)
+    ok = jnp.isfinite(ratio) & (ratio >= _MIN_LEVELS)
     levels = jnp.minimum(jnp.where(ok, ratio, 0.0), cfg.max_iterations)
     return jnp.round(levels).astype(jnp.int32)
 
@@ -968,8 +1005,11 @@ def _solve_xy(cfg: _Config, cost_fn, geom, a, b, eps, sched, threshold):
     kw = dict(block_size=cfg.block_size, axis_name=cfg.axis_name)
     levels = _levels(cfg, eps, sched)
     f0 = _level_eps(cfg, eps, levels) * log_a
-    g0 = _hard_transform(cost_fn, geom, f0, **kw)
-    omega0 = _omega_start(eps, sched).astype(a.dtype)
+    if _bounded_start(cfg, cost_fn, geom):
+        g0 = _ball_transform(geom, a, f0, cfg.axis_name)  # squared Euclidean
+    else:
+        g0 = _hard_transform(cost_fn, geom, f0, **kw)
+    omega0 = _omega_start(eps, sched, levels).astype(a.dtype)
 
     def body(s: _LoopState, kern: _Kernel | None = None) -> _LoopState:
         e, at_target, level = _next_level(cfg, s, eps)
@@ -1030,16 +1070,21 @@ def _solve_sym(cfg: _Config, cost_fn, geom, a, eps, sched, threshold):
     levels = _levels(cfg, eps, sched)
     f0 = _level_eps(cfg, eps, levels) * log_a
     # h_i = min_j (C_ij - f0_j); (f0 + h) / 2 keeps every exponent <= 0.
-    h = -_reduce(
-        cost_fn,
-        geom,
-        jnp.zeros_like(f0),
-        gather(f0),
-        1.0,
-        transpose=False,
-        block_size=cfg.block_size,
-        op="max",
-    )
+    if _bounded_start(cfg, cost_fn, geom):
+        # C >= 0 and C_ii = 0: -max_j f0_j bounds the minimum from below, and
+        # equals it for uniform weights.
+        h = jnp.full_like(f0, -jnp.max(gather(f0)))
+    else:
+        h = -_reduce(
+            cost_fn,
+            geom,
+            jnp.zeros_like(f0),
+            gather(f0),
+            1.0,
+            transpose=False,
+            block_size=cfg.block_size,
+            op="max",
+        )
     f_init = 0.5 * (f0 + h)
 
     def body(s: _LoopState, kern: _Kernel | None = None) -> _LoopState:
@@ -1072,8 +1117,9 @@ def _solve_sym(cfg: _Config, cost_fn, geom, a, eps, sched, threshold):
     init = _init_state(cfg, f_init, f_init, eps, levels)
     build = None
     if _caches_kernel(cfg, geom):
-        # Columns are all points: the kernel and its staleness see gather(f).
-        build = lambda f, g, e: _kernel(cost_fn, geom, f, gather(g), e)
+        # Columns are all points: _run_loop hands the kernel (and its
+        # staleness test) gather(g).
+        build = functools.partial(_kernel, cost_fn, geom)
     return _run_loop(cfg, body, init, threshold, eps, build, gather)
 
 
@@ -1672,14 +1718,17 @@ def sinkhorn(
         constant added to the cost leaves unchanged) down to ``epsilon``, one
         iteration per level (GeomLoss): the levels are ``epsilon / q^L, ...,
         epsilon / q, epsilon`` with ``L`` the nearest integer to
-        ``log(sigma / epsilon) / log(1 / q)`` (0 if negative), so that a
-        cached kernel passes from one level to the next by the integer power
-        ``1 / q`` when it is one (the default ``1/2``). ``None`` disables it.
+        ``log(sigma / epsilon) / log(1 / q)``, or 0 when that is below 2
+        (``epsilon > q^2 sigma``: plain iterations converge in a handful
+        there, and a level costs an iteration and a kernel squaring), so that
+        a cached kernel passes from one level to the next by the integer
+        power ``1 / q`` when it is one (the default ``1/2``). ``None``
+        disables it.
       relaxation: ``"adaptive"`` (default: plain Sinkhorn while annealing;
         at ``epsilon``, over-relaxation ``omega`` starting from the optimum
-        for a plain rate ``1 - 4 epsilon / s`` (plain without annealing) and
-        raised as the observed convergence rate requires), or a fixed
-        ``omega`` in ``(0, 2)`` (1 is plain Sinkhorn).
+        for a plain rate ``1 - 4 epsilon / s`` (plain without annealing
+        levels) and raised as the observed convergence rate requires), or a
+        fixed ``omega`` in ``(0, 2)`` (1 is plain Sinkhorn).
       block_size: ``None`` materialises the ``[n, m]`` cost matrix once (and
         its transpose) and caches the kernel ``exp((f + g - C) / epsilon)``
         (stabilised scaling: a pass is a matrix-vector product); an int

@@ -304,6 +304,59 @@ def test_kernel_rebuilds_when_scalings_drift(monkeypatch):
     np.testing.assert_allclose(out.reg_cost, ref_cost, rtol=1e-5)
 
 
+def test_ball_transform_bounds_the_hard_transform(x64):
+    # Loops that cache the kernel start from g_j = max(|y_j - c| - R, 0)^2 -
+    # max f (c the weighted mean of x, R its radius), a lower bound of
+    # min_i (C_ij - f_i) that needs no pass over the costs. y is moved so
+    # that 12 of its 18 points lie outside the ball (the bound is not -max f).
+    x, y, a, _ = _data()
+    y = y + np.array([1.0, 0.0])
+    cost_fn = costs.SqEuclidean()
+    geom = _sinkhorn._make_geom(cost_fn, x, y, 8, None)
+    f = np.log(a)
+    bound = _sinkhorn._ball_transform(geom, a, jnp.asarray(f), None)
+    exact = np.min(_cost(x, y) - f[:, None], axis=0)
+    assert np.all(np.asarray(bound) <= exact + 1e-12)
+    outside = np.asarray(bound) > -np.max(f)
+    assert 0 < outside.sum() < M  # both cases occur
+
+
+def test_far_clouds_with_a_loose_start_bound_equal_online(dtype):
+    # An outlier of x on the side away from y makes the ball's radius large:
+    # the start bound is ~136 below the true minimum, hundreds of epsilon,
+    # so the first cached kernel underflows (float32) or is stale, and is
+    # rebuilt. Converged tightly, the solve must match the online one, which
+    # starts from the exact minimum.
+    x, y, a, b = _cloud(dtype)
+    x = 0.1 * x
+    x[0] = [-10.0, 0.0]
+    y = 0.1 * y + np.asarray([12.0, 0.0], dtype)
+    tight, rtol = (1e-5, 1e-5) if dtype == np.float32 else (TIGHT, 1e-10)
+    kw = dict(a=a, b=b, epsilon=0.5, epsilon_scaling=None, threshold=tight)
+    online = densax.ot.sinkhorn(x, y, block_size=64, **kw)
+    out = densax.ot.sinkhorn(x, y, block_size="auto", **kw)
+    assert bool(out.converged) and bool(online.converged)
+    for key in ("reg_cost", "transport_cost"):
+        np.testing.assert_allclose(getattr(out, key), getattr(online, key), rtol=rtol)
+
+
+def test_no_annealing_within_two_levels_of_the_start(x64):
+    # Annealing runs only when epsilon is at least 1 / q^2 (4x) below the
+    # start (the cost's spread): closer, a level's kernel squaring is not
+    # repaid. Then the solve is the plain one, iteration for iteration.
+    x, y, a, b = _cloud(np.float64)
+    cost = _cost(x, y)
+    w = a[:, None] * b[None, :]
+    spread = np.sqrt(np.sum(w * (cost - np.sum(w * cost)) ** 2))
+    for ratio, anneals in ((3.5, False), (4.5, True)):
+        kw = dict(a=a, b=b, epsilon=spread / ratio)
+        out = densax.ot.sinkhorn(x, y, **kw)
+        plain = densax.ot.sinkhorn(x, y, epsilon_scaling=None, **kw)
+        same = np.array_equal(out.errors, plain.errors)
+        assert same != anneals, ratio
+        assert bool(out.converged)
+
+
 def test_solve_stopped_while_annealing_reports_its_own_dual_value(x64):
     # Two iterations end above epsilon: the loop's last pass is at another
     # epsilon, so the plan's mass comes from a pass at the returned
@@ -626,6 +679,37 @@ def test_sharded_equals_single_device(mesh):
     np.testing.assert_allclose(value, ref_value, rtol=1e-5)
     np.testing.assert_allclose(gx, rx, atol=1e-5)
     np.testing.assert_allclose(gy, ry, atol=1e-5)
+
+
+def test_sharded_cached_kernel_equals_single_device(mesh):
+    # Above 2^16 entries a device, "auto" caches the kernel online; with x
+    # split over 4 devices, the start bound (_ball_transform: psum'd centre,
+    # pmax'd radius) and the symmetric start (-max f0 over all points) must
+    # be global. Then the divergence's x-x problem gathers its columns.
+    x, y, a, b = _cloud(np.float32, n=1200)  # 300 rows x 260 columns a device
+    specs = (P("data"), P("data"), P(), P())
+    eps = 0.05 * float(np.mean(_cost(x, y)))
+
+    def local(x, a, y, b):
+        out = densax.ot.sinkhorn(x, y, a=a, b=b, epsilon=eps, axis_name="data")
+        div = densax.ot.sinkhorn_divergence(
+            x, y, a=a, b=b, epsilon=eps, axis_name="data"
+        )
+        return out.f, out.g, out.reg_cost, out.n_iter, div.divergence
+
+    f, g, reg, n_iter, value = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=specs,
+        out_specs=(P("data"), P(), P(), P(), P()),
+    )(x, a, y, b)
+    ref = densax.ot.sinkhorn(x, y, a=a, b=b, epsilon=eps)
+    assert int(n_iter) == int(ref.n_iter)
+    np.testing.assert_allclose(reg, ref.reg_cost, rtol=1e-5)
+    np.testing.assert_allclose(f, ref.f, atol=1e-4)
+    np.testing.assert_allclose(g, ref.g, atol=1e-4)
+    ref_div = densax.ot.sinkhorn_divergence(x, y, a=a, b=b, epsilon=eps)
+    np.testing.assert_allclose(value, ref_div.divergence, rtol=1e-4)
 
 
 # ---------------------------------------------------------------------------
