@@ -1861,7 +1861,8 @@ def sinkhorn(
         Near-Gaussian clouds start close to the solution: in the benchmark
         (``benchmarks/bench_sinkhorn.py``, n = 4096, d = 16,
         ``epsilon = 0.1 x`` the mean cost) 2 iterations instead of 5.
-        ``"zero"``: ``f = epsilon log a`` (ott-jax's default). ``"auto"``
+        ``"zero"``: ``f = epsilon log a``, zero but for the weights (as
+        ott-jax's default). ``"auto"``
         (default): ``"gaussian"`` for the squared Euclidean cost when
         ``d^3 <= n m``, else ``"zero"``. Either way the first ``g`` is a
         lower bound of the c-transform of ``f``, so that no exponent of the
@@ -1869,9 +1870,9 @@ def sinkhorn(
       epsilon_scaling: ``"auto"`` (default): no annealing from the Gaussian
         start, which already holds the large scales that annealing would
         resolve, and ``1/2`` from the zero start. ``q`` in ``(0, 1)``:
-        anneal from about the cost's
-        spread ``sigma`` (its standard deviation under ``a ⊗ b``, which a
-        constant added to the cost leaves unchanged) down to ``epsilon``, one
+        anneal from about the cost's spread ``sigma`` (its standard
+        deviation under ``a ⊗ b``, which a constant added to the cost leaves
+        unchanged) down to ``epsilon``, one
         iteration per level (GeomLoss): the levels are ``epsilon / q^L, ...,
         epsilon / q, epsilon`` with ``L`` the nearest integer to
         ``log(sigma / epsilon) / log(1 / q)``, or 0 when that is below 2
