@@ -238,6 +238,10 @@ def _psum(v: Any, axis_name: Any) -> Any:
     return v if axis_name is None else lax.psum(v, axis_name)
 
 
+def _pmax(v: Any, axis_name: Any) -> Any:
+    return v if axis_name is None else lax.pmax(v, axis_name)
+
+
 def _gather(v: jax.Array, axis_name: Any) -> jax.Array:
     """``v`` of every device, concatenated along its first axis."""
     return v if axis_name is None else lax.all_gather(v, axis_name, tiled=True)
@@ -481,7 +485,7 @@ def _hard_transform(cost_fn, geom, f, *, block_size, axis_name):
     out = _reduce(
         cost_fn, geom, f, zeros, 1.0, transpose=True, block_size=block_size, op="max"
     )
-    return -(out if axis_name is None else lax.pmax(out, axis_name))
+    return -_pmax(out, axis_name)
 
 
 def _ball_transform(geom, a, f, axis_name):
@@ -497,9 +501,7 @@ def _ball_transform(geom, a, f, axis_name):
     """
     c = _psum(a @ geom.x, axis_name)
     radius = jnp.sqrt(jnp.max(jnp.sum((geom.x - c) ** 2, 1)))
-    f_max = jnp.max(f)
-    if axis_name is not None:
-        radius, f_max = lax.pmax(radius, axis_name), lax.pmax(f_max, axis_name)
+    radius, f_max = _pmax((radius, jnp.max(f)), axis_name)
     gap = jnp.maximum(jnp.sqrt(jnp.sum((geom.y - c) ** 2, 1)) - radius, 0.0)
     return gap * gap - f_max
 
@@ -569,6 +571,7 @@ def _start_potentials(cfg, cost_fn, geom, a, b, eps0, covs, symmetric):
     f0 = eps0 * jnp.log(a)
     bounded = _bounded_start(cfg, cost_fn, geom)
     if cfg.initializer == "gaussian":
+        top = _pmax(jnp.max(f0), axis_name)
         mean_x = _psum(a @ geom.x, axis_name)
         mean_y = mean_x if symmetric else b @ geom.y
         cols = geom._replace(y=geom.x) if symmetric else geom
@@ -577,16 +580,12 @@ def _start_potentials(cfg, cost_fn, geom, a, b, eps0, covs, symmetric):
         )
         f0 = f0 + f_q
         if bounded:
-            top = jnp.max(eps0 * jnp.log(a))
-            top = top if axis_name is None else lax.pmax(top, axis_name)
             return f0, g_q - top
     if bounded:
         if symmetric:
             # C >= 0 and C_ii = 0: -max_j f0_j bounds the minimum from below,
             # and equals it for uniform weights.
-            top = jnp.max(f0)
-            top = top if axis_name is None else lax.pmax(top, axis_name)
-            return f0, jnp.full_like(f0, -top)
+            return f0, jnp.full_like(f0, -_pmax(jnp.max(f0), axis_name))
         return f0, _ball_transform(geom, a, f0, axis_name)
     if symmetric:
         g0 = -_reduce(
@@ -736,9 +735,7 @@ def _stale(kern: _Kernel, f, g, eps, axis_name):
         p0_safe, ok = _finite_part(p0)
         return jnp.max(jnp.where(ok & (p > -jnp.inf), jnp.abs(p - p0_safe), 0.0))
 
-    drift_f = drift(f, kern.f0)
-    if axis_name is not None:
-        drift_f = lax.pmax(drift_f, axis_name)
+    drift_f = _pmax(drift(f, kern.f0), axis_name)
     return (eps != kern.eps) | (drift_f > bound) | (drift(g, kern.g0) > bound)
 
 
@@ -1619,9 +1616,9 @@ def _self_cost(cfg, cost_fn, pts, w, eps, sched, threshold, axis_name):
     return cost, f, aux.n_iter, aux.converged
 
 
-def _self_fit(sched: _Schedule, cov) -> _Schedule:
-    """The cross problem's schedule with a self-problem's Gaussian fit."""
-    return sched._replace(covs=None if cov is None else (cov, cov))
+def _self_fit(sched: _Schedule, side: int) -> _Schedule:
+    """The cross problem's schedule, with the fit of ``x`` (0) or ``y`` (1)."""
+    return sched._replace(covs=None if sched.covs is None else (sched.covs[side],) * 2)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -1631,12 +1628,11 @@ def _divergence_core(x, y, a, b, epsilon, threshold, cost_fn, cfg):
     # The self-problems share the cross problem's epsilon and schedule.
     xy, sched = _solve_problem(cfg, cost_fn, x, y, a, b, epsilon, threshold)
     eps = xy.epsilon
-    fits = (None, None) if sched.covs is None else sched.covs
     cost_xx, f_xx, n_xx, conv_xx = _self_cost(
-        cfg, cost_fn, x, a, eps, _self_fit(sched, fits[0]), threshold, cfg.axis_name
+        cfg, cost_fn, x, a, eps, _self_fit(sched, 0), threshold, cfg.axis_name
     )
     cost_yy, g_yy, n_yy, conv_yy = _self_cost(
-        cfg, cost_fn, y, b, eps, _self_fit(sched, fits[1]), threshold, None
+        cfg, cost_fn, y, b, eps, _self_fit(sched, 1), threshold, None
     )
     divergence = xy.reg_cost - 0.5 * (cost_xx + cost_yy)
     return SinkhornDivergenceOutput(
@@ -1744,7 +1740,9 @@ def _resolve_start(cfg: _Config, cost_fn, n: int, m: int, d: int) -> _Config:
 def _check_inputs(x, y, a, b, epsilon, threshold, cost_fn, cfg, validate):
     """Static and (eager) value checks; unpacks an ott-jax ``PointCloud``.
 
-    Also resolves ``cfg.block_size`` and whether to cache the kernel.
+    Returns the checked arrays, ``cost_fn`` and ``cfg`` with ``block_size``,
+    whether to cache the kernel, ``initializer`` and ``epsilon_scaling``
+    resolved.
     """
     block_size = cfg.block_size
     if isinstance(x, pointcloud.PointCloud):
@@ -1797,7 +1795,9 @@ def _check_inputs(x, y, a, b, epsilon, threshold, cost_fn, cfg, validate):
     _validate.value_check(
         validate, threshold >= 0, f"threshold must be >= 0, got {threshold}"
     )
-    return x, y, a, b, epsilon, threshold, cost_fn, block, kernel
+    cfg = dataclasses.replace(cfg, block_size=block, kernel=kernel)
+    cfg = _resolve_start(cfg, cost_fn, n, m, x.shape[1])
+    return x, y, a, b, epsilon, threshold, cost_fn, cfg
 
 
 def sinkhorn(
@@ -1862,19 +1862,18 @@ def sinkhorn(
         (``benchmarks/bench_sinkhorn.py``, n = 4096, d = 16,
         ``epsilon = 0.1 x`` the mean cost) 2 iterations instead of 5.
         ``"zero"``: ``f = epsilon log a``, zero but for the weights (as
-        ott-jax's default). ``"auto"``
-        (default): ``"gaussian"`` for the squared Euclidean cost when
-        ``d^3 <= n m``, else ``"zero"``. Either way the first ``g`` is a
-        lower bound of the c-transform of ``f``, so that no exponent of the
-        first pass is positive.
+        ott-jax's default). ``"auto"`` (default): ``"gaussian"`` for the
+        squared Euclidean cost when ``d^3 <= n m``, else ``"zero"``. Either
+        way the first ``g`` is a lower bound of the c-transform of ``f``, so
+        that no exponent of the first pass is positive.
       epsilon_scaling: ``"auto"`` (default): no annealing from the Gaussian
         start, which already holds the large scales that annealing would
         resolve, and ``1/2`` from the zero start. ``q`` in ``(0, 1)``:
         anneal from about the cost's spread ``sigma`` (its standard
         deviation under ``a ⊗ b``, which a constant added to the cost leaves
-        unchanged) down to ``epsilon``, one
-        iteration per level (GeomLoss): the levels are ``epsilon / q^L, ...,
-        epsilon / q, epsilon`` with ``L`` the nearest integer to
+        unchanged) down to ``epsilon``, one iteration per level (GeomLoss):
+        the levels are ``epsilon / q^L, ..., epsilon / q, epsilon`` with
+        ``L`` the nearest integer to
         ``log(sigma / epsilon) / log(1 / q)``, or 0 when that is below 2
         (``epsilon > q^2 sigma``: plain iterations converge in a handful
         there, and a level costs an iteration and a kernel squaring), so that
@@ -1960,11 +1959,9 @@ def sinkhorn(
         min_iterations=min_iterations,
         axis_name=axis_name,
     )
-    x, y, a, b, epsilon, threshold, cost_fn, block, kernel = _check_inputs(
+    x, y, a, b, epsilon, threshold, cost_fn, cfg = _check_inputs(
         x, y, a, b, epsilon, threshold, cost_fn, cfg, validate
     )
-    cfg = dataclasses.replace(cfg, block_size=block, kernel=kernel)
-    cfg = _resolve_start(cfg, cost_fn, x.shape[0], y.shape[0], x.shape[1])
     return _sinkhorn_core(x, y, a, b, epsilon, threshold, cost_fn, cfg)
 
 
@@ -2065,11 +2062,9 @@ def sinkhorn_divergence(
     )
     if isinstance(x, pointcloud.PointCloud):
         raise TypeError("sinkhorn_divergence takes arrays x, y, not a PointCloud")
-    x, y, a, b, epsilon, threshold, cost_fn, block, kernel = _check_inputs(
+    x, y, a, b, epsilon, threshold, cost_fn, cfg = _check_inputs(
         x, y, a, b, epsilon, threshold, cost_fn, cfg, validate
     )
-    cfg = dataclasses.replace(cfg, block_size=block, kernel=kernel)
-    cfg = _resolve_start(cfg, cost_fn, x.shape[0], y.shape[0], x.shape[1])
     return _divergence_core(x, y, a, b, epsilon, threshold, cost_fn, cfg)
 
 
