@@ -1,4 +1,4 @@
-"""Tests for densax._sinkhorn (exported by densax.ot): entropic OT.
+"""Tests for densax.ot._sinkhorn (exported by densax.ot): entropic OT.
 
 References: ott-jax (dense Sinkhorn, Sinkhorn divergence), POT (``sinkhorn``
 with ``method="sinkhorn_log"``, ``sinkhorn2``, ``emd2``) and densax's exact
@@ -24,7 +24,7 @@ from ott.solvers import linear
 from ott.tools import sinkhorn_divergence as ott_divergence
 
 import densax
-from densax import _sinkhorn
+from densax.ot import _sinkhorn
 
 N, M, D = 24, 18, 2
 EPS = 0.5  # ~0.05 x the mean cost of the data below

@@ -1,7 +1,7 @@
 """Optimal transport: exact 1D and sliced Wasserstein, entropic OT (Sinkhorn).
 
 This module holds the exact solutions; the log-domain Sinkhorn solver, the
-Sinkhorn divergence and their helpers live in ``densax._sinkhorn`` and are
+Sinkhorn divergence and their helpers live in ``densax.ot._sinkhorn`` and are
 exported here (``densax.ot.sinkhorn``, ``densax.ot.sinkhorn_divergence``, ...).
 
 On the real line the optimal coupling between two weighted empirical measures
@@ -669,8 +669,8 @@ def sliced_wasserstein(
     return _sliced_core(theta, x, y, x_weights, y_weights, p=p)
 
 
-# --- Entropic optimal transport (implemented in densax/_sinkhorn.py) ---
-from densax._sinkhorn import (  # noqa: E402
+# --- Entropic optimal transport (implemented in densax/ot/_sinkhorn.py) ---
+from densax.ot._sinkhorn import (  # noqa: E402
     SinkhornDivergenceOutput,
     SinkhornOutput,
     apply_plan,
