@@ -227,3 +227,34 @@ def test_example_runs(page, index, code):
         compile(code, f"{page.name}[python block {index}]", "exec"),
         {"__name__": "docs"},
     )
+
+
+@pytest.mark.slow
+def test_every_image_renders_in_chromium(site):
+    """docs/check_rendered.py on the built site (skipped without Chromium)."""
+    import shutil
+
+    if not any(shutil.which(n) for n in ("chromium", "chromium-browser")):
+        pytest.skip("no Chromium (Debian: apt-get install chromium)")
+    proc, html_dir = site
+    assert (html_dir / "index.html").exists(), proc.stderr[-2000:]
+    sys.path.insert(0, str(DOCS))
+    try:
+        check_rendered = importlib.import_module("check_rendered")
+    finally:
+        sys.path.remove(str(DOCS))
+    pages = sorted(
+        str(p.relative_to(html_dir))
+        for p in html_dir.rglob("*.html")
+        if not p.relative_to(html_dir).parts[0].startswith("_")
+    )
+    report = check_rendered.check(html_dir, pages)
+    assert len(report) == len(pages)
+    broken = [
+        (entry["page"], img["src"])
+        for entry in report
+        for img in entry["images"]
+        if not img["naturalWidth"]
+    ]
+    assert not broken, broken
+    assert sum(len(entry["images"]) for entry in report) > 0
