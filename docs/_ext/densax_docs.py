@@ -124,7 +124,12 @@ def public_modules() -> list[str]:
         if not any(part.startswith("_") for part in info.name.split(".")):
             names.append(info.name)
     rank = {name: i for i, name in enumerate(_ORDER)}
-    return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
+
+    def key(name: str):  # a submodule follows its package
+        top = ".".join(name.split(".")[:2])
+        return (rank.get(top, len(rank)), top, name)
+
+    return sorted(names, key=key)
 
 
 def public_names(modname: str) -> list[str]:
@@ -308,6 +313,38 @@ def skip_namedtuple_fields(app, what, name, obj, skip, options):
     if isinstance(doc, str) and doc.startswith("Alias for field number"):
         return True
     return None
+
+
+def resolve_reexport(app, env, node, contnode):
+    """``missing-reference``: ``densax.generative.train`` links to its home.
+
+    A re-exported name is documented once, on its defining module's page; a
+    reference through the package that re-exports it is resolved to that page.
+    """
+    if node.get("refdomain") != "py":
+        return None
+    target = node.get("reftarget", "")
+    if not target.startswith("densax."):
+        return None
+    modname, _, name = target.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(modname), name)
+    except (ImportError, AttributeError):
+        return None
+    home = getattr(obj, "__module__", None)
+    if not home or home == modname or not home.startswith("densax"):
+        return None
+    domain = env.get_domain("py")
+    fromdoc = node.get("refdoc", "")
+    return domain.resolve_xref(
+        env, fromdoc, app.builder, node["reftype"], f"{home}.{name}", node, contnode
+    )
+
+
+def drop_object_base(app, name, obj, options, bases):
+    """``Bases: object`` says nothing: keep the line for real bases only."""
+    if object in bases:
+        bases.remove(object)
 
 
 def describe_data(app, what, name, obj, options, lines):
@@ -621,6 +658,8 @@ def setup(app):
     """Registers the generator, the autodoc hooks and the directive."""
     app.connect("builder-inited", generate)
     app.connect("autodoc-skip-member", skip_namedtuple_fields)
+    app.connect("autodoc-process-bases", drop_object_base)
+    app.connect("missing-reference", resolve_reexport)
     app.connect("autodoc-process-docstring", describe_data)
     app.connect("autodoc-process-docstring", add_fields)
     app.add_directive("densax-notebook-figures", NotebookFigures)
