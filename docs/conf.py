@@ -62,6 +62,10 @@ nb_execution_mode = "off"
 nb_merge_streams = True
 myst_enable_extensions = ["colon_fence", "dollarmath", "deflist"]
 myst_heading_anchors = 3
+# Warnings stay errors (-W), except two that only concern the notebooks' own
+# styling: a heading level skipped in a markdown cell, and an output type
+# (e.g. a progress-bar widget) that a static page cannot show.
+suppress_warnings = ["myst.header", "mystnb.unknown_mime_type"]
 
 # API reference: Google docstrings, signatures without type clutter.
 napoleon_google_docstring = True

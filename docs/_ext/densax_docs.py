@@ -603,26 +603,40 @@ def _md_text(text: str) -> str:
 # ------------------------------------------------- changelog, README opening
 
 
+_REPO_LINK = re.compile(r"\[([^\]]+)\]\((?!https?://|mailto:|#)([^)\s]+)\)")
+
+
+def _unlink_repo_paths(text: str) -> str:
+    """Links to repository files (not pages of the site) become plain paths.
+
+    ``[RESULTS](benchmarks/RESULTS.md)`` in the changelog or the README would
+    be a broken cross-reference here: it becomes ``RESULTS (`benchmarks/...`)``.
+    """
+
+    def repl(match):
+        label, path = match.group(1), match.group(2)
+        if label.strip("`") == path:
+            return f"`{path}`"
+        return f"{label} (`{path}`)"
+
+    return _REPO_LINK.sub(repl, text)
+
+
 def generate_changelog(written: set[Path]) -> None:
-    """Writes ``changelog.md``, which includes the root ``CHANGELOG.md``."""
+    """Writes ``changelog.md`` from the root ``CHANGELOG.md``.
+
+    The text is copied (not included) so that its links to repository files
+    can be turned into plain paths.
+    """
     changelog = ROOT / "CHANGELOG.md"
     if changelog.exists():
-        first = next(
-            (
-                ln
-                for ln in changelog.read_text(encoding="utf-8").splitlines()
-                if ln.strip()
-            ),
-            "",
-        )
-        text = ([] if first.startswith("# ") else ["# Changelog", ""]) + [
-            "```{include} ../CHANGELOG.md",
-            "```",
-            "",
-        ]
+        text = _unlink_repo_paths(changelog.read_text(encoding="utf-8"))
+        first = next((ln for ln in text.splitlines() if ln.strip()), "")
+        if not first.startswith("# "):
+            text = "# Changelog\n\n" + text
     else:
-        text = ["# Changelog", "", "No `CHANGELOG.md` in the repository yet.", ""]
-    _write(DOCS / "changelog.md", "\n".join(text), written)
+        text = "# Changelog\n\nNo `CHANGELOG.md` in the repository yet.\n"
+    _write(DOCS / "changelog.md", text, written)
 
 
 def generate_readme_start(written: set[Path]) -> None:
@@ -635,6 +649,7 @@ def generate_readme_start(written: set[Path]) -> None:
     )
     match = re.search(r"```bash\n.*?```", readme, flags=re.DOTALL)
     commands = match.group(0) if match else ""
+    intro = _unlink_repo_paths(intro)
     _write(GENERATED / "readme_start.md", f"{intro}\n\n{commands}\n", written)
 
 
