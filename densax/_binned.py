@@ -65,6 +65,13 @@ of the far tails of the gaussian and exponential kernels is not resolved (use
 the exact :func:`densax.kde.log_density` there). Outside the automatic grid
 the gaussian and exponential kernels are below ``eps q0``.
 
+Derivatives: with respect to the bandwidth (through the kernel lattice and
+the FFT), the weights (the counts are linear in them) and the data and query
+positions (piecewise linear), for a grid held fixed: the automatic bounds are
+constants for autodiff, so pass ``lower``/``upper`` explicitly to compare
+with finite differences, or to ``vmap`` over bandwidths on one grid (with the
+automatic grid each bandwidth gets its own).
+
 Cost: ``O(n 2^d)`` for the binning, ``O(P log P)`` for the FFT with
 ``P = prod_k (2 n_k)``, ``O(m 2^d)`` for ``m`` queries, against ``O(n m)``
 for the exact sums. :func:`use_grid` picks the grid when ``d <= 3``, the
