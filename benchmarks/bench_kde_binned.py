@@ -55,7 +55,8 @@ def bench_case(n, shape, dtype, args, records, subsample):
 
     grid = jax.jit(lambda x, h: _binned.grid_log_density(x, h, shape))
     logp, lo, hi = grid(x, jnp.asarray(h, dtype))
-    nodes = np.array(_binned.grid_points(lo, hi, shape).reshape(-1, d), np.float64)
+    lo, hi = (jnp.asarray(b, jnp.float64) for b in (lo, hi))  # exact node spacing
+    nodes = np.array(_binned.grid_points(lo, hi, shape).reshape(-1, d))
     ours = np.exp(np.asarray(logp, np.float64)).ravel()
 
     # Reference: exact float64 KDE at a subsample of nodes.
