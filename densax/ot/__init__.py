@@ -43,6 +43,7 @@ from densax import _validate
 
 __all__ = [
     "Coupling1D",
+    "SinkhornConfig",
     "SinkhornDivergenceOutput",
     "SinkhornOutput",
     "apply_plan",
@@ -52,8 +53,8 @@ __all__ = [
     "sliced_wasserstein",
     "to_ott",
     "transport_plan",
-    "wasserstein",
     "wasserstein_1d",
+    "wasserstein_entropic",
 ]
 
 # Below this many elements per call, XLA's own sort beats the ~0.1 ms round trip
@@ -694,6 +695,7 @@ def sliced_wasserstein(
 
 # --- Entropic optimal transport (implemented in densax/ot/_sinkhorn.py) ---
 from densax.ot._sinkhorn import (  # noqa: E402
+    SinkhornConfig,
     SinkhornDivergenceOutput,
     SinkhornOutput,
     apply_plan,
@@ -701,5 +703,5 @@ from densax.ot._sinkhorn import (  # noqa: E402
     sinkhorn_divergence,
     to_ott,
     transport_plan,
-    wasserstein,
+    wasserstein_entropic,
 )
