@@ -3,6 +3,8 @@
 This module holds the exact solutions; the log-domain Sinkhorn solver, the
 Sinkhorn divergence and their helpers live in ``densax.ot._sinkhorn`` and are
 exported here (``densax.ot.sinkhorn``, ``densax.ot.sinkhorn_divergence``, ...).
+The package's layout and the solver's invariants are written down once, in
+``densax/ot/README.md``.
 
 On the real line the optimal coupling between two weighted empirical measures
 is the monotone rearrangement: it pairs the quantile functions, so
