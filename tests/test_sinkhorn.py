@@ -561,9 +561,7 @@ def test_one_pass_iteration_keeps_tiny_columns(cost_fn):
     eps = jnp.float32(EPS)
     geom = _sinkhorn._make_geom(cost_fn, x, y, 5, None)
     f = jnp.zeros(N, jnp.float32)
-    g = _sinkhorn._hard_transform(
-        cost_fn, geom, f, storage="online", block_size=5, axis_name=None
-    )
+    g = _sinkhorn._hard_transform(cost_fn, geom, f, block_size=5, axis_name=None)
     g = g.at[::3].add(-92.0 * eps)  # column masses in [e^-92, 24 e^-92]
     step, col_err, r = _sinkhorn._one_pass(
         cost_fn,
@@ -574,7 +572,6 @@ def test_one_pass_iteration_keeps_tiny_columns(cost_fn):
         b,
         jnp.log(b),
         1.3,
-        storage="online",
         block_size=5,
         axis_name=None,
     )
