@@ -38,15 +38,18 @@ The solver core, written for speed on CPU and accelerators:
   ``epsilon_scaling = 1/2``, so the kernel of the next level is the square
   of the current one (no exponential); it is rebuilt when a scaling leaves
   a safe range. Rounding then enters once per build, not once per pass.
-* **Dense or online.** ``block_size=None`` materialises the cost matrix once;
-  ``block_size=B`` recomputes cost blocks of ``B`` rows inside ``lax.map``
+* **Dense or online** (``SinkhornConfig.storage``). ``"dense"`` materialises
+  the cost matrix once (a user's ``cost_matrix`` always is); ``"online"``
+  with ``block_size=B`` recomputes cost blocks of ``B`` rows inside ``lax.map``
   (memory ``O((n + m) d + B max(n, m))``, no cached kernel); for the squared
   Euclidean cost a block is a single matrix product, which stays in cache.
   An online iteration is **one pass**: a stripe of columns gives their
   masses, hence the new ``g`` there, and, rescaled while still in cache,
   its share of the row masses at that ``g`` (half the exponentials).
-  The default ``"auto"`` caches the kernel up to ``2^25`` entries and runs
-  online passes (the annealing start, the outputs' derivatives) beside it.
+  ``"kernel"`` (the default ``"auto"`` above ``2^16`` entries) caches the
+  kernel up to ``2^25`` entries and runs online passes (the annealing start,
+  the outputs' derivatives) beside it. Every ``"auto"`` is resolved in one
+  place, :func:`_resolve`, and recorded in the output's ``config``.
 * **Gradients** by the envelope theorem (default: the cost of one pass), by
   implicit differentiation of the fixed point (a well-conditioned Schur
   complement solved by conjugate gradients, or directly when small), or by
@@ -112,7 +115,7 @@ _CG_MAX_ITER = 1000
 _DIFFERENTIATION = ("envelope", "implicit", "unroll")
 _INITIALIZERS = ("auto", "gaussian", "zero", "warm")
 _AUTO_EPSILON_SCALING = 0.5  # epsilon_scaling="auto" from the zero start
-# block_size="auto": dense up to this many cost entries (squared Euclidean:
+# storage="auto": dense up to this many cost entries (squared Euclidean:
 # above it, one in-cache matrix product per block beats reading a stored
 # matrix; other costs: the stored matrix is kept up to 64 MB in float32) ...
 _AUTO_DENSE_SQEUCLIDEAN = 1 << 16
@@ -123,7 +126,7 @@ _AUTO_DENSE_OTHER = 1 << 24
 _AUTO_BLOCK_ENTRIES = 1 << 20
 _AUTO_MIN_ROWS_SQEUCLIDEAN = 64
 # "auto" caches the kernel exp((f + g - C) / eps) up to this many entries
-# (128 MB in float32); dense mode always does, an int block_size never.
+# (128 MB in float32); "dense" and "kernel" always do, "online" never.
 _AUTO_KERNEL_ENTRIES = 1 << 25
 _UNLIMITED = 1 << 62
 _BUILD_ENTRIES = 1 << 19  # row blocks of a kernel build (online, sq. Euclidean)
@@ -142,7 +145,7 @@ class SinkhornOutput(NamedTuple):
     g: jax.Array  # [m] second potential (-inf where b_j = 0)
     reg_cost: jax.Array  # [] entropic objective <P, C> + eps KL(P | a ⊗ b)
     transport_cost: jax.Array  # [] <P, C>
-    converged: jax.Array  # [] bool: L1 marginal error <= threshold at epsilon
+    converged: jax.Array  # [] bool: L1 marginal error <= tol at epsilon
     n_iter: jax.Array  # [] int32 iterations run (annealing included)
     trace: jax.Array  # [max_iter] L1 marginal error per iteration, NaN after
     epsilon: jax.Array  # [] regularisation used
