@@ -4,9 +4,9 @@ Cases: n = m = 4096 points, d = 2 and 16 (x ~ N(0, I), y ~ N(1, I)),
 epsilon = 0.1 and 0.01 x the mean cost, squared Euclidean cost, float32 and
 float64. Every solver stops at an L1 marginal error of 1e-3:
 
-* densax: ``sinkhorn(x, y, epsilon=eps, threshold=1e-3)`` with its defaults
-  (epsilon-scaling, adaptive over-relaxation, ``block_size="auto"``, which is
-  online at this size) and, for comparison, ``block_size=None`` (dense);
+* densax: ``sinkhorn(x, y, epsilon=eps, tol=1e-3)`` with its defaults
+  (epsilon-scaling, adaptive over-relaxation, ``storage="auto"``, which is
+  online at this size) and, for comparison, ``storage="dense"``;
 * ott-jax 0.6: ``linear.solve(PointCloud(x, y, epsilon=eps), threshold=1e-3)``
   (dense point cloud, log domain, its default ``inner_iterations=10``);
 * POT: ``ot.sinkhorn`` (``method="sinkhorn"``, scaling domain) and
@@ -25,9 +25,10 @@ Also: the gradient of the entropic cost w.r.t. ``x`` (densax's envelope
 gradient vs ott-jax's default), and time per iteration: the online mode at
 n = m = 10^5, d = 3 with its memory (XLA's planned peak and the growth of the
 process's peak RSS), beside n = m = 4096 with the default (a cached kernel at
-this size), online (``block_size=256``: no cached kernel, the 10^5 case's
-algorithm) and dense. A per-iteration time is the difference between a run
-of ``k`` iterations (threshold 0) and one of none (threshold inf) of the same
+this size), online (``storage="online", block_size=256``: no cached kernel,
+the 10^5 case's algorithm) and dense. A per-iteration time is the difference
+between a run of ``k`` iterations (threshold 0) and one of none (threshold inf)
+of the same
 compiled solver, divided by ``k``, each the best of its timed runs (two at
 n = 10^5, where a run takes seconds).
 ott-jax's own online mode (``batch_size``) is tried and its error recorded.
@@ -71,16 +72,20 @@ REF_THRESHOLD = 1e-6
 # Jitted solvers, built once (a new lambda would compile again).
 
 
+def _storage(block):
+    """Storage options of densax for "auto", None (dense) or rows (online)."""
+    if block == "auto":
+        return dict(storage="auto")
+    if block is None:
+        return dict(storage="dense")
+    return dict(storage="online", block_size=block)
+
+
 @functools.cache
-def _densax_solve(block, max_iterations=2000):
+def _densax_solve(block, max_iter=2000):
     return jax.jit(
         lambda x, y, e, thr: densax.ot.sinkhorn(
-            x,
-            y,
-            epsilon=e,
-            threshold=thr,
-            block_size=block,
-            max_iterations=max_iterations,
+            x, y, epsilon=e, tol=thr, max_iter=max_iter, **_storage(block)
         )
     )
 
@@ -89,9 +94,7 @@ def _densax_solve(block, max_iterations=2000):
 def _densax_grad():
     return jax.jit(
         jax.grad(
-            lambda x, y, e, thr: (
-                densax.ot.sinkhorn(x, y, epsilon=e, threshold=thr).reg_cost
-            )
+            lambda x, y, e, thr: densax.ot.sinkhorn(x, y, epsilon=e, tol=thr).reg_cost
         )
     )
 
@@ -135,11 +138,11 @@ def _densax_iterations(block, k):
             x,
             y,
             epsilon=e,
-            threshold=thr,
-            block_size=block,
-            max_iterations=k,
+            tol=thr,
+            max_iter=k,
             epsilon_scaling=None,
             relaxation=1.0,
+            **_storage(block),
         )
         return out.reg_cost, out.n_iter
 

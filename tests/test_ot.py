@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,8 +12,8 @@ from jax.test_util import check_grads
 
 from densax import ot
 
-# Sizes: SMALL runs the XLA path; LARGE (n + m >= ot._HOST_MIN_SIZE) runs the
-# NumPy host path on CPU. Few distinct shapes keep compilation short.
+# Sizes: SMALL runs the XLA path; LARGE (n + m >= 2048) runs the NumPy host
+# path on CPU with sort="auto". Few distinct shapes keep compilation short.
 SMALL = (7, 5)
 LARGE = (1500, 1100)
 SIZES = pytest.mark.parametrize("size", [SMALL, LARGE], ids=["xla", "host"])
@@ -22,15 +24,9 @@ TOL32 = dict(rtol=2e-5, atol=2e-6)
 
 
 @pytest.fixture(params=["xla", "host"])
-def path(request, monkeypatch):
-    """Runs a test with the XLA path or the NumPy host path at any size."""
-    threshold = 10**9 if request.param == "xla" else 0
-    monkeypatch.setattr(ot, "_HOST_MIN_SIZE", threshold)
-    for fn in (ot._wasserstein_1d_pow, ot._sliced_core):
-        fn.clear_cache()
-    yield request.param
-    for fn in (ot._wasserstein_1d_pow, ot._sliced_core):
-        fn.clear_cache()
+def path(request):
+    """The ``sort`` strategy: the XLA path or the NumPy host path at any size."""
+    return request.param
 
 
 def _data(size, seed=0, zeros=True):
@@ -51,14 +47,19 @@ def _dense(plan, n, m):
     return dense
 
 
-def test_host_path_is_used_on_cpu_for_large_inputs_only():
-    def jaxpr(size):
+def test_sort_strategy_picks_the_host_path():
+    def jaxpr(size, sort="auto"):
         u, v, a, b = _data(size)
-        f = lambda u, v: ot.wasserstein_1d(u, v, u_weights=a, v_weights=b)
+        f = lambda u, v: ot.wasserstein_1d(u, v, a=a, b=b, sort=sort)
         return str(jax.make_jaxpr(f)(u, v))
 
+    # "auto": on the host on CPU for large inputs only.
     assert "pure_callback" in jaxpr(LARGE)
     assert "pure_callback" not in jaxpr(SMALL)
+    assert "pure_callback" in jaxpr(SMALL, "host")
+    assert "pure_callback" not in jaxpr(LARGE, "xla")
+    with pytest.raises(ValueError, match="sort"):
+        ot.wasserstein_1d(jnp.ones(3), jnp.ones(2), sort="numpy")
 
 
 # ---------------------------------------------------------------------------
@@ -68,7 +69,7 @@ def test_host_path_is_used_on_cpu_for_large_inputs_only():
 @SIZES
 def test_matches_scipy_weighted_p1(x64, size):
     u, v, a, b = _data(size)
-    got = ot.wasserstein_1d(u, v, u_weights=a, v_weights=b)
+    got = ot.wasserstein_1d(u, v, a=a, b=b)
     want = scipy.stats.wasserstein_distance(u, v, a, b)
     np.testing.assert_allclose(got, want, **TOL64)
 
@@ -77,7 +78,7 @@ def test_matches_scipy_weighted_p1(x64, size):
 @pytest.mark.parametrize("p", [1, 2, 3])
 def test_matches_pot(x64, size, p):
     u, v, a, b = _data(size)
-    got = ot.wasserstein_1d(u, v, u_weights=a, v_weights=b, p=p)
+    got = ot.wasserstein_1d(u, v, a=a, b=b, p=p)
     want = pot.wasserstein_1d(u, v, a, b, p=p) ** (1 / p)
     np.testing.assert_allclose(got, want, **TOL64)
     # Uniform weights, different sizes and (fast path) equal sizes.
@@ -90,11 +91,10 @@ def test_matches_pot(x64, size, p):
 
 @pytest.mark.parametrize("p", [1, 1.5])
 def test_matches_linear_program_and_coupling_is_optimal(x64, path, p):
+    w1d = functools.partial(ot.wasserstein_1d, sort=path)
     u, v, a, b = _data((9, 6))
     cost = np.abs(u[:, None] - v[None, :]) ** p
-    w, plan = ot.wasserstein_1d(
-        u, v, u_weights=a, v_weights=b, p=p, return_coupling=True
-    )
+    w, plan = w1d(u, v, a=a, b=b, p=p, return_coupling=True)
     np.testing.assert_allclose(w**p, pot.emd2(a, b, cost), **TOL64)
     assert plan.mass.shape == plan.u_index.shape == (9 + 6 - 1,)
     assert plan.u_index.dtype == plan.v_index.dtype == jnp.int32
@@ -104,7 +104,7 @@ def test_matches_linear_program_and_coupling_is_optimal(x64, path, p):
     np.testing.assert_allclose(dense.sum(0), b, atol=1e-15)
     np.testing.assert_allclose((dense * cost).sum(), w**p, **TOL64)
     # Uniform weights and equal sizes (the sorted-pairs fast path of the value).
-    w, plan = ot.wasserstein_1d(u[:6], v, p=p, return_coupling=True)
+    w, plan = w1d(u[:6], v, p=p, return_coupling=True)
     dense = _dense(plan, 6, 6)
     np.testing.assert_allclose(dense.sum(1), np.full(6, 1 / 6), atol=1e-15)
     np.testing.assert_allclose(dense.sum(0), np.full(6, 1 / 6), atol=1e-15)
@@ -117,14 +117,14 @@ def test_float32_against_float64_reference():
     for p in (1, 2):
         want = pot.wasserstein_1d(u, v, a, b, p=p) ** (1 / p)
         f32 = [x.astype(np.float32) for x in (u, v, a, b)]
-        got = ot.wasserstein_1d(f32[0], f32[1], u_weights=f32[2], v_weights=f32[3], p=p)
+        got = ot.wasserstein_1d(f32[0], f32[1], a=f32[2], b=f32[3], p=p)
         assert got.dtype == jnp.float32
         np.testing.assert_allclose(got, want, **TOL32)
 
 
 def test_dtype_follows_input(dtype):
     u, v, a, b = (x.astype(dtype) for x in _data(SMALL))
-    w, plan = ot.wasserstein_1d(u, v, u_weights=a, v_weights=b, return_coupling=True)
+    w, plan = ot.wasserstein_1d(u, v, a=a, b=b, return_coupling=True)
     assert w.dtype == plan.mass.dtype == dtype
     assert ot.wasserstein_1d(np.arange(4), np.arange(3)).dtype == jnp.result_type(float)
     x = np.ones((20, 2), dtype)
@@ -161,9 +161,7 @@ _weights = st.lists(st.floats(0.01, 1.0, width=64), min_size=5, max_size=5)
 def test_metric_properties(x, y, z, wx, wy, wz, p):
     with jax.enable_x64(True):
         x, y, z, wx, wy, wz = map(np.array, (x, y, z, wx, wy, wz))
-        w = lambda u, v, a, b: float(
-            ot.wasserstein_1d(u, v, u_weights=a, v_weights=b, p=p)
-        )
+        w = lambda u, v, a, b: float(ot.wasserstein_1d(u, v, a=a, b=b, p=p))
         xy, yx = w(x, y, wx, wy), w(y, x, wy, wx)
         assert xy == pytest.approx(yx, rel=1e-12, abs=1e-12)
         assert w(x, x, wx, wx) == 0.0
@@ -176,22 +174,23 @@ def test_metric_properties(x, y, z, wx, wy, wz, p):
 
 
 def test_check_grads(x64, path):
+    w1d = functools.partial(ot.wasserstein_1d, sort=path)
     # Samples well separated (relative to eps) keep the order fixed. p = 3 and
     # p = 1 here, p = 2 in the sliced test: the three forms of the cost.
     u, v, a, b = (jnp.asarray(x) for x in _data(SMALL, zeros=False))
-    f = lambda u, v, a, b: ot.wasserstein_1d(u, v, u_weights=a, v_weights=b, p=3)
+    f = lambda u, v, a, b: w1d(u, v, a=a, b=b, p=3)
     check_grads(f, (u, v, a, b), order=1, modes=("fwd", "rev"), eps=1e-6)
     # Equal sizes and uniform weights: the sort-only fast path.
-    g = lambda u, v: ot.wasserstein_1d(u, v, p=1)
+    g = lambda u, v: w1d(u, v, p=1)
     check_grads(g, (u, jnp.sin(3 * u) + 0.5), order=1, modes=("fwd", "rev"), eps=1e-6)
 
 
 def test_gradient_at_zero_distance_and_ties_is_finite(x64, path):
+    w1d = functools.partial(ot.wasserstein_1d, sort=path)
+
     # W = 0 (the root's kink) with ties in the samples and in the CDFs.
     def f(u, v, w):
-        return ot.wasserstein_1d(u, v, p=3) + ot.wasserstein_1d(
-            u, v, u_weights=w, v_weights=w
-        )
+        return w1d(u, v, p=3) + w1d(u, v, a=w, b=w)
 
     u, w = jnp.array([0.0, 1.0, 1.0, 2.0]), jnp.full(4, 0.25)
     grads = jax.jit(jax.grad(f, argnums=(0, 1, 2)))(u, u, w)
@@ -200,8 +199,8 @@ def test_gradient_at_zero_distance_and_ties_is_finite(x64, path):
 
 def test_weights_need_not_be_normalised(x64):
     u, v, a, b = _data(SMALL)
-    w1 = ot.wasserstein_1d(u, v, u_weights=a, v_weights=b)
-    w2 = ot.wasserstein_1d(u, v, u_weights=7 * a, v_weights=0.1 * b)
+    w1 = ot.wasserstein_1d(u, v, a=a, b=b)
+    w2 = ot.wasserstein_1d(u, v, a=7 * a, b=0.1 * b)
     np.testing.assert_allclose(w1, w2, **TOL64)
 
 
@@ -210,26 +209,26 @@ def test_weights_need_not_be_normalised(x64):
 
 
 def test_batching_broadcast_vmap_jit(x64, path):
+    w1d = functools.partial(ot.wasserstein_1d, sort=path)
     rng = np.random.default_rng(3)
     n, m = SMALL
     u, v, a = rng.standard_normal((3, n)), rng.standard_normal(m), rng.random((3, n))
     want = [
         pot.wasserstein_1d(u[i], v, a[i] / a[i].sum(), p=2) ** 0.5 for i in range(3)
     ]
-    batched = ot.wasserstein_1d(u, v, u_weights=a, p=2)
+    batched = w1d(u, v, a=a, p=2)
     assert batched.shape == (3,)
     np.testing.assert_allclose(batched, want, **TOL64)
-    f = jax.jit(lambda u, a: ot.wasserstein_1d(u, v, u_weights=a, p=2))
+    f = jax.jit(lambda u, a: w1d(u, v, a=a, p=2))
     np.testing.assert_allclose(jax.vmap(f)(u, a), want, **TOL64)
     # Batch axes of samples and weights broadcast: shared weights, [2, 3] batch.
-    shared = ot.wasserstein_1d(u, jnp.stack([v, v + 1])[:, None], u_weights=a[0])
+    shared = w1d(u, jnp.stack([v, v + 1])[:, None], a=a[0])
     assert shared.shape == (2, 3)
-    np.testing.assert_allclose(
-        shared[0], ot.wasserstein_1d(u, v, u_weights=a[0]), **TOL64
-    )
+    np.testing.assert_allclose(shared[0], w1d(u, v, a=a[0]), **TOL64)
 
 
 def test_shard_map_over_devices_matches_single_device(mesh, path):
+    w1d = functools.partial(ot.wasserstein_1d, sort=path)
     # float32: jax.enable_x64 is thread-local, and shard_map runs the host
     # callbacks on other threads, where JAX would cast float64 results down.
     from jax.sharding import PartitionSpec as P
@@ -237,7 +236,7 @@ def test_shard_map_over_devices_matches_single_device(mesh, path):
     rng = np.random.default_rng(4)
     n, m = SMALL
     u, v, a = (rng.random(s).astype(np.float32) for s in ((8, n), (8, m), (8, n)))
-    f = lambda u, v, a: ot.wasserstein_1d(u, v, u_weights=a, p=2)
+    f = lambda u, v, a: w1d(u, v, a=a, p=2)
     sharded = jax.jit(
         jax.shard_map(f, mesh=mesh, in_specs=P("data"), out_specs=P("data"))
     )
@@ -247,9 +246,9 @@ def test_shard_map_over_devices_matches_single_device(mesh, path):
 def test_no_retracing():
     u, v, a, b = (x.astype(np.float32) for x in _data(SMALL))
     core = ot._wasserstein_1d_pow
-    ot.wasserstein_1d(u, v, u_weights=a, v_weights=b)
+    ot.wasserstein_1d(u, v, a=a, b=b)
     size = core._cache_size()
-    ot.wasserstein_1d(u + 1, v, u_weights=2 * a, v_weights=b)
+    ot.wasserstein_1d(u + 1, v, a=2 * a, b=b)
     assert core._cache_size() == size
 
 
@@ -259,12 +258,12 @@ def test_no_retracing():
 
 def test_bad_input_raises_clear_errors():
     u, v = np.zeros(4), np.ones(3)
-    with pytest.raises(ValueError, match="u_weights must have 4 entries"):
-        ot.wasserstein_1d(u, v, u_weights=np.ones(3))
-    with pytest.raises(ValueError, match="v_weights must be non-negative"):
-        ot.wasserstein_1d(u, v, v_weights=[1.0, -1.0, 1.0])
-    with pytest.raises(ValueError, match="u_weights must have a positive sum"):
-        ot.wasserstein_1d(u, v, u_weights=np.zeros(4))
+    with pytest.raises(ValueError, match="a must have 4 entries"):
+        ot.wasserstein_1d(u, v, a=np.ones(3))
+    with pytest.raises(ValueError, match="b must be non-negative"):
+        ot.wasserstein_1d(u, v, b=[1.0, -1.0, 1.0])
+    with pytest.raises(ValueError, match="a must have a positive sum"):
+        ot.wasserstein_1d(u, v, a=np.zeros(4))
     with pytest.raises(ValueError, match="p must be a finite number >= 1"):
         ot.wasserstein_1d(u, v, p=0.5)
     with pytest.raises(TypeError, match="p must be a real number"):
@@ -286,19 +285,20 @@ def test_bad_input_raises_clear_errors():
         ot.sliced_wasserstein(None, x, x)
     with pytest.raises(ValueError, match="projections and x must have the same"):
         ot.sliced_wasserstein(None, x, x, projections=np.ones((3, 4)))
-    with pytest.raises(ValueError, match="y_weights must have 5 entries"):
-        ot.sliced_wasserstein(key, x, x, y_weights=np.ones(4))
+    with pytest.raises(ValueError, match="b must have 5 entries"):
+        ot.sliced_wasserstein(key, x, x, b=np.ones(4))
 
 
 def test_invalid_weights_under_jit_give_nan():
     u, v = jnp.arange(4.0), jnp.arange(3.0)
-    f = jax.jit(lambda a: ot.wasserstein_1d(u, v, u_weights=a))
+    f = jax.jit(lambda a: ot.wasserstein_1d(u, v, a=a))
     assert np.isnan(f(jnp.array([1.0, -1.0, 1.0, 1.0])))
     assert np.isnan(f(jnp.zeros(4)))
     assert np.isfinite(f(jnp.ones(4)))
 
 
 def test_nan_propagates_to_its_batch_element_only(path):
+    w1d = functools.partial(ot.wasserstein_1d, sort=path)
     rng = np.random.default_rng(5)
     n, m = SMALL
     u, v, a = (
@@ -307,13 +307,13 @@ def test_nan_propagates_to_its_batch_element_only(path):
         rng.random((3, n)),
     )
     u[1, 2] = np.nan
-    f = jax.jit(lambda u: ot.wasserstein_1d(u, v, u_weights=a, p=2))
+    f = jax.jit(lambda u: w1d(u, v, a=a, p=2))
     w = np.asarray(f(u))
     assert np.isnan(w[1]) and np.all(np.isfinite(w[[0, 2]]))
     g = np.asarray(jax.grad(lambda u: jnp.nansum(f(u)))(u))
     assert np.all(np.isfinite(g[[0, 2]]))
     # Eagerly, NaN samples are not an error either (weights are checked).
-    assert np.isnan(ot.wasserstein_1d(u[1], v[1], p=2))
+    assert np.isnan(w1d(u[1], v[1], p=2))
 
 
 # ---------------------------------------------------------------------------
@@ -331,16 +331,14 @@ def _clouds(n=300, m=200, d=3, seed=6):
 def test_sliced_matches_pot_with_the_same_projections(x64, p):
     x, y, a, b = _clouds()
     theta = ot.random_directions(jax.random.key(1), 64, 3)
-    got = ot.sliced_wasserstein(
-        None, x, y, x_weights=a, y_weights=b, projections=theta, p=p
-    )
+    got = ot.sliced_wasserstein(None, x, y, a=a, b=b, projections=theta, p=p)
     want = pot.sliced_wasserstein_distance(
         x, y, a / a.sum(), b / b.sum(), projections=np.asarray(theta).T, p=p
     )
     np.testing.assert_allclose(got, want, **TOL64)
     # The key draws exactly those directions.
     got_key = ot.sliced_wasserstein(
-        jax.random.key(1), x, y, x_weights=a, y_weights=b, n_projections=64, p=p
+        jax.random.key(1), x, y, a=a, b=b, n_projections=64, p=p
     )
     np.testing.assert_allclose(got_key, got, **TOL64)
 
@@ -350,7 +348,7 @@ def test_sliced_matches_ott_with_the_same_key(x64):
 
     x, y, a, _ = _clouds()
     key = jax.random.key(2)
-    got = ot.sliced_wasserstein(key, x, y, x_weights=a, n_projections=50)
+    got = ot.sliced_wasserstein(key, x, y, a=a, n_projections=50)
     want, _ = ott_sliced.sliced_wasserstein(
         jnp.asarray(x),
         jnp.asarray(y),
@@ -385,9 +383,7 @@ def test_sliced_agrees_statistically_with_pot_random_projections(x64):
 def test_sliced_check_grads(x64):
     x, y, a, _ = _clouds(12, 9, 2)
     theta = ot.random_directions(jax.random.key(5), 16, 2)
-    f = lambda x, a: ot.sliced_wasserstein(
-        None, x, y, x_weights=a, projections=theta, p=2
-    )
+    f = lambda x, a: ot.sliced_wasserstein(None, x, y, a=a, projections=theta, p=2)
     check_grads(f, (x, a), order=1, modes=("rev",), eps=1e-6)
 
 

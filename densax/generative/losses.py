@@ -394,8 +394,8 @@ def sinkhorn_loss(
         fake,
         _gather(real, axis_name),
         epsilon=epsilon,
-        max_iterations=max_iterations,
-        threshold=threshold,
+        max_iter=max_iterations,
+        tol=threshold,
         axis_name=axis_name,
         validate=False,
     )

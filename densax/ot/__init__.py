@@ -3,6 +3,8 @@
 This module holds the exact solutions; the log-domain Sinkhorn solver, the
 Sinkhorn divergence and their helpers live in ``densax.ot._sinkhorn`` and are
 exported here (``densax.ot.sinkhorn``, ``densax.ot.sinkhorn_divergence``, ...).
+The package's layout and the solver's invariants are written down once, in
+``densax/ot/README.md``.
 
 On the real line the optimal coupling between two weighted empirical measures
 is the monotone rearrangement: it pairs the quantile functions, so
@@ -12,9 +14,11 @@ Sliced Wasserstein averages that quantity over random 1D projections.
 
 Sorting dominates the cost, and XLA's CPU sort is several times slower than
 NumPy's (and far slower on batches of short rows). The computation is written
-once for both array modules: on CPU, inputs of 2048 elements or more go to the
-host in NumPy through ``jax.pure_callback``, selected by
-``lax.platform_dependent`` so that GPU and TPU keep XLA's sort. Either way it
+once for both array modules. The ``sort`` option of :func:`wasserstein_1d` and
+:func:`sliced_wasserstein` is the strategy: by default (``"auto"``) on CPU,
+inputs of 2048 elements or more go to the host in NumPy through
+``jax.pure_callback``, selected by ``lax.platform_dependent`` so that GPU and
+TPU keep XLA's sort; ``"host"`` and ``"xla"`` force one path. Either way it
 returns the value and, when differentiating, the exact gradient in closed
 form, which a custom JVP rule contracts with the tangents; ``jit``, ``vmap``,
 ``grad``, ``jvp``, ``shard_map`` and ``lax.scan`` all work as usual.
@@ -41,6 +45,7 @@ from densax import _validate
 
 __all__ = [
     "Coupling1D",
+    "SinkhornConfig",
     "SinkhornDivergenceOutput",
     "SinkhornOutput",
     "apply_plan",
@@ -50,8 +55,8 @@ __all__ = [
     "sliced_wasserstein",
     "to_ott",
     "transport_plan",
-    "wasserstein",
     "wasserstein_1d",
+    "wasserstein_entropic",
 ]
 
 # Below this many elements per call, XLA's own sort beats the ~0.1 ms round trip
@@ -60,6 +65,7 @@ _HOST_MIN_SIZE = 2048
 # Above this many elements, the two host sorts run on two threads (starting a
 # thread costs about as much as sorting 10^5 floats).
 _THREAD_MIN_SIZE = 1 << 18
+_SORTS = ("auto", "host", "xla")
 
 
 class Coupling1D(NamedTuple):
@@ -341,14 +347,21 @@ def _callback(fn, out_shapes, *args):
     return lax.pcast(out, tuple(sorted(varying)), to="varying")
 
 
-def _host_or_xla(want, p, out_shapes, *args):
-    """``_transport`` on the host (NumPy) for a large CPU input, else with XLA.
+def _on_host(sort: str, size: int) -> bool:
+    """The sort strategy: whether a CPU call of ``size`` elements goes to NumPy."""
+    if sort == "auto":
+        return size >= _HOST_MIN_SIZE
+    return sort == "host"
+
+
+def _host_or_xla(want, p, sort, out_shapes, *args):
+    """``_transport`` on the host (NumPy) on CPU (see :func:`_on_host`), else XLA.
 
     The callback sees values only: derivatives come from ``_w_pow``'s rule.
     """
     args = lax.stop_gradient(args)
     xla_fn = functools.partial(_transport, jnp, p=p, want=want)
-    if sum(a.size for a in jax.tree.leaves(args)) < _HOST_MIN_SIZE:
+    if not _on_host(sort, sum(a.size for a in jax.tree.leaves(args))):
         return xla_fn(*args)
     host_fn = functools.partial(_transport, np, p=p, want=want)
     on_host = functools.partial(_callback, host_fn, out_shapes)
@@ -361,22 +374,22 @@ def _like(x, dtype=None, shape=None):
     )
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
-def _w_pow(u, v, u_weights, v_weights, p):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5))
+def _w_pow(u, v, u_weights, v_weights, p, sort):
     """``W_p^p`` over the last axis of ``u`` and ``v`` (same batch shape)."""
     out = _like(u, shape=u.shape[:-1])
-    return _host_or_xla("value", p, out, u, v, u_weights, v_weights)
+    return _host_or_xla("value", p, sort, out, u, v, u_weights, v_weights)
 
 
 @_w_pow.defjvp
-def _w_pow_jvp(p, primals, tangents):
+def _w_pow_jvp(p, sort, primals, tangents):
     primals_given = [x for x in primals if x is not None]
     tangents_given = [t for t in tangents if t is not None]
     out = (
         _like(primals[0], shape=primals[0].shape[:-1]),
         tuple(map(_like, primals_given)),
     )
-    w_pow, grads = _host_or_xla("grad", p, out, *primals)
+    w_pow, grads = _host_or_xla("grad", p, sort, out, *primals)
     tangent = sum(
         jnp.sum(g * t, axis=-1) for g, t in zip(grads, tangents_given, strict=True)
     )
@@ -391,8 +404,8 @@ def _root(s: jax.Array, p: int | float) -> jax.Array:
     return jnp.where(positive, jnp.where(positive, s, 1) ** (1 / p), 0 * s)  # NaN stays
 
 
-@functools.partial(jax.jit, static_argnames=("p", "coupling"))
-def _wasserstein_1d_pow(u, v, u_weights, v_weights, p, coupling):
+@functools.partial(jax.jit, static_argnames=("p", "coupling", "sort"))
+def _wasserstein_1d_pow(u, v, u_weights, v_weights, p, coupling, sort="auto"):
     """``W_p^p`` over the last axis (and the coupling if ``coupling``)."""
     n, m = u.shape[-1], v.shape[-1]
     given = [x for x in (u, v, u_weights, v_weights) if x is not None]
@@ -402,7 +415,7 @@ def _wasserstein_1d_pow(u, v, u_weights, v_weights, p, coupling):
         u_weights = jnp.broadcast_to(u_weights, u.shape)
     if v_weights is not None:
         v_weights = jnp.broadcast_to(v_weights, v.shape)
-    w_pow = _w_pow(u, v, u_weights, v_weights, p)
+    w_pow = _w_pow(u, v, u_weights, v_weights, p, sort)
     if not coupling:
         return w_pow
     k = (*batch, n + m - 1)
@@ -410,7 +423,7 @@ def _wasserstein_1d_pow(u, v, u_weights, v_weights, p, coupling):
         _like(u, shape=batch),
         (_like(u, jnp.int32, k), _like(u, jnp.int32, k), _like(u, shape=k)),
     )
-    _, plan = _host_or_xla("coupling", p, shapes, u, v, u_weights, v_weights)
+    _, plan = _host_or_xla("coupling", p, sort, shapes, u, v, u_weights, v_weights)
     return w_pow, Coupling1D(*plan)
 
 
@@ -478,10 +491,11 @@ def wasserstein_1d(
     u: Any,
     v: Any,
     *,
-    u_weights: Any = None,
-    v_weights: Any = None,
+    a: Any = None,
+    b: Any = None,
     p: float = 1,
     return_coupling: bool = False,
+    sort: str = "auto",
     validate: bool = True,
 ) -> jax.Array | tuple[jax.Array, Coupling1D]:
     """Exact p-Wasserstein distance between two weighted samples on the line.
@@ -498,12 +512,20 @@ def wasserstein_1d(
     Args:
       u: [..., n] samples of the first measure.
       v: [..., m] samples of the second measure.
-      u_weights: [..., n] non-negative weights of ``u`` (any positive total);
+      a: [..., n] non-negative weights of ``u`` (any positive total);
         uniform when ``None``.
-      v_weights: [..., m] weights of ``v``; uniform when ``None``.
+      b: [..., m] weights of ``v``; uniform when ``None``.
       p: the order, a Python number >= 1 (static).
       return_coupling: also return the optimal coupling, a
         :class:`Coupling1D` with ``n + m - 1`` entries.
+      sort: where the sorts run (static; the numbers are the same up to
+        rounding). ``"auto"`` (default): on a CPU, calls of at least 2048
+        elements sort on the host in NumPy through ``jax.pure_callback``
+        (several times faster than XLA's CPU sort), smaller ones with XLA;
+        ``"host"``: on a CPU, always on the host; ``"xla"``: never. Other
+        platforms always use XLA. A host sort cannot run inside a
+        multi-device program whose collectives wait on it: use ``"xla"``
+        there.
       validate: check the weights' values (finite, non-negative, positive
         total) on an eager call. Under ``jit`` invalid weights give NaN. NaN
         in a sample is not an error: it makes that batch element NaN.
@@ -535,18 +557,19 @@ def wasserstein_1d(
       [0.3333, 0.3333, 0.3333]
     """
     p = _check_p(p)
-    arrays = _as_floats(u=u, v=v, u_weights=u_weights, v_weights=v_weights)
+    _validate.check_choice(sort, "sort", _SORTS)
+    arrays = _as_floats(u=u, v=v, a=a, b=b)
     u, v = arrays["u"], arrays["v"]
     n, m = _check_samples(u, "u", -1), _check_samples(v, "v", -1)
-    u_weights = _check_weights(arrays["u_weights"], "u_weights", n, "u", validate)
-    v_weights = _check_weights(arrays["v_weights"], "v_weights", m, "v", validate)
+    a = _check_weights(arrays["a"], "a", n, "u", validate)
+    b = _check_weights(arrays["b"], "b", m, "v", validate)
     _broadcast_batch(
         ("u", u.shape[:-1]),
         ("v", v.shape[:-1]),
-        *(("u_weights", w.shape[:-1]) for w in [u_weights] if w is not None),
-        *(("v_weights", w.shape[:-1]) for w in [v_weights] if w is not None),
+        *(("a", w.shape[:-1]) for w in [a] if w is not None),
+        *(("b", w.shape[:-1]) for w in [b] if w is not None),
     )
-    out = _wasserstein_1d_pow(u, v, u_weights, v_weights, p=p, coupling=return_coupling)
+    out = _wasserstein_1d_pow(u, v, a, b, p=p, coupling=return_coupling, sort=sort)
     if return_coupling:
         w_pow, plan = out
         return _root(w_pow, p), plan
@@ -583,11 +606,11 @@ def random_directions(
     return z / jnp.linalg.norm(z, axis=-1, keepdims=True)
 
 
-@functools.partial(jax.jit, static_argnames=("p",))
-def _sliced_core(theta, x, y, x_weights, y_weights, p):
+@functools.partial(jax.jit, static_argnames=("p", "sort"))
+def _sliced_core(theta, x, y, a, b, p, sort="auto"):
     px = theta @ x.T  # [L, n]: one row per direction, sorted along the rows
     py = theta @ y.T
-    w_pow = _wasserstein_1d_pow(px, py, x_weights, y_weights, p=p, coupling=False)
+    w_pow = _wasserstein_1d_pow(px, py, a, b, p=p, coupling=False, sort=sort)
     return _root(jnp.mean(w_pow), p)
 
 
@@ -596,11 +619,12 @@ def sliced_wasserstein(
     x: Any,
     y: Any,
     *,
-    x_weights: Any = None,
-    y_weights: Any = None,
+    a: Any = None,
+    b: Any = None,
     n_projections: int = 50,
     p: float = 2,
     projections: Any = None,
+    sort: str = "auto",
     validate: bool = True,
 ) -> jax.Array:
     """Monte Carlo sliced p-Wasserstein distance between two weighted samples.
@@ -615,12 +639,13 @@ def sliced_wasserstein(
         given, and may then be ``None``).
       x: [n, d] samples of the first measure.
       y: [m, d] samples of the second measure.
-      x_weights: [n] non-negative weights of ``x``; uniform when ``None``.
-      y_weights: [m] weights of ``y``; uniform when ``None``.
+      a: [n] non-negative weights of ``x``; uniform when ``None``.
+      b: [m] weights of ``y``; uniform when ``None``.
       n_projections: number of random directions (static).
       p: the order, a Python number >= 1 (static).
       projections: [L, d] directions to use instead of random ones, e.g.
         :func:`random_directions`; they need not be unit vectors.
+      sort: where the sorts run, see :func:`wasserstein_1d`.
       validate: check the weights' values on an eager call (see
         :func:`wasserstein_1d`).
 
@@ -648,15 +673,16 @@ def sliced_wasserstein(
     """
     p = _check_p(p)
     n_projections = _validate.check_int(n_projections, "n_projections", minimum=1)
-    arrays = _as_floats(x=x, y=y, x_weights=x_weights, y_weights=y_weights)
+    _validate.check_choice(sort, "sort", _SORTS)
+    arrays = _as_floats(x=x, y=y, a=a, b=b)
     x, y = arrays["x"], arrays["y"]
     _validate.check_ndim(x, "x", 2)
     _validate.check_ndim(y, "y", 2)
     _validate.check_same_last_dim(x, y, "x", "y")
     n, m = _check_samples(x, "x", -2), _check_samples(y, "y", -2)
-    x_weights = _check_weights(arrays["x_weights"], "x_weights", n, "x", validate)
-    y_weights = _check_weights(arrays["y_weights"], "y_weights", m, "y", validate)
-    for w, name in ((x_weights, "x_weights"), (y_weights, "y_weights")):
+    a = _check_weights(arrays["a"], "a", n, "x", validate)
+    b = _check_weights(arrays["b"], "b", m, "y", validate)
+    for w, name in ((a, "a"), (b, "b")):
         if w is not None:
             _validate.check_ndim(w, name, 1)
     if projections is None:
@@ -666,11 +692,12 @@ def sliced_wasserstein(
     else:
         theta = _validate.as_float(projections, "projections", ndim=2, dtype=x.dtype)
         _validate.check_same_last_dim(theta, x, "projections", "x")
-    return _sliced_core(theta, x, y, x_weights, y_weights, p=p)
+    return _sliced_core(theta, x, y, a, b, p=p, sort=sort)
 
 
 # --- Entropic optimal transport (implemented in densax/ot/_sinkhorn.py) ---
 from densax.ot._sinkhorn import (  # noqa: E402
+    SinkhornConfig,
     SinkhornDivergenceOutput,
     SinkhornOutput,
     apply_plan,
@@ -678,5 +705,5 @@ from densax.ot._sinkhorn import (  # noqa: E402
     sinkhorn_divergence,
     to_ott,
     transport_plan,
-    wasserstein,
+    wasserstein_entropic,
 )

@@ -38,15 +38,18 @@ The solver core, written for speed on CPU and accelerators:
   ``epsilon_scaling = 1/2``, so the kernel of the next level is the square
   of the current one (no exponential); it is rebuilt when a scaling leaves
   a safe range. Rounding then enters once per build, not once per pass.
-* **Dense or online.** ``block_size=None`` materialises the cost matrix once;
-  ``block_size=B`` recomputes cost blocks of ``B`` rows inside ``lax.map``
+* **Dense or online** (``SinkhornConfig.storage``). ``"dense"`` materialises
+  the cost matrix once (a user's ``cost_matrix`` always is); ``"online"``
+  with ``block_size=B`` recomputes cost blocks of ``B`` rows inside ``lax.map``
   (memory ``O((n + m) d + B max(n, m))``, no cached kernel); for the squared
   Euclidean cost a block is a single matrix product, which stays in cache.
   An online iteration is **one pass**: a stripe of columns gives their
   masses, hence the new ``g`` there, and, rescaled while still in cache,
   its share of the row masses at that ``g`` (half the exponentials).
-  The default ``"auto"`` caches the kernel up to ``2^25`` entries and runs
-  online passes (the annealing start, the outputs' derivatives) beside it.
+  ``"kernel"`` (the default ``"auto"`` above ``2^16`` entries) caches the
+  kernel up to ``2^25`` entries and runs online passes (the annealing start,
+  the outputs' derivatives) beside it. Every ``"auto"`` is resolved in one
+  place, :func:`_resolve`, and recorded in the output's ``config``.
 * **Gradients** by the envelope theorem (default: the cost of one pass), by
   implicit differentiation of the fixed point (a well-conditioned Schur
   complement solved by conjugate gradients, or directly when small), or by
@@ -80,9 +83,10 @@ from jax import lax
 from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 from ott.geometry import costs, pointcloud
 
-from densax import _validate
+from densax import _parallel, _validate
 
 __all__ = [
+    "SinkhornConfig",
     "SinkhornDivergenceOutput",
     "SinkhornOutput",
     "apply_plan",
@@ -90,7 +94,7 @@ __all__ = [
     "sinkhorn_divergence",
     "to_ott",
     "transport_plan",
-    "wasserstein",
+    "wasserstein_entropic",
 ]
 
 _DEFAULT_EPSILON_SCALE = 0.05  # epsilon = 0.05 x the cost scale by default
@@ -109,9 +113,9 @@ _DIVERGENCE_GUARD = 100.0  # omega falls back to 1 if the error grows this much
 _DIRECT_SOLVE_MAX = 1024  # implicit gradients: direct solve up to this size
 _CG_MAX_ITER = 1000
 _DIFFERENTIATION = ("envelope", "implicit", "unroll")
-_INITIALIZERS = ("auto", "gaussian", "zero")
+_INITIALIZERS = ("auto", "gaussian", "zero", "warm")
 _AUTO_EPSILON_SCALING = 0.5  # epsilon_scaling="auto" from the zero start
-# block_size="auto": dense up to this many cost entries (squared Euclidean:
+# storage="auto": dense up to this many cost entries (squared Euclidean:
 # above it, one in-cache matrix product per block beats reading a stored
 # matrix; other costs: the stored matrix is kept up to 64 MB in float32) ...
 _AUTO_DENSE_SQEUCLIDEAN = 1 << 16
@@ -122,7 +126,7 @@ _AUTO_DENSE_OTHER = 1 << 24
 _AUTO_BLOCK_ENTRIES = 1 << 20
 _AUTO_MIN_ROWS_SQEUCLIDEAN = 64
 # "auto" caches the kernel exp((f + g - C) / eps) up to this many entries
-# (128 MB in float32); dense mode always does, an int block_size never.
+# (128 MB in float32); "dense" and "kernel" always do, "online" never.
 _AUTO_KERNEL_ENTRIES = 1 << 25
 _UNLIMITED = 1 << 62
 _BUILD_ENTRIES = 1 << 19  # row blocks of a kernel build (online, sq. Euclidean)
@@ -141,15 +145,17 @@ class SinkhornOutput(NamedTuple):
     g: jax.Array  # [m] second potential (-inf where b_j = 0)
     reg_cost: jax.Array  # [] entropic objective <P, C> + eps KL(P | a ⊗ b)
     transport_cost: jax.Array  # [] <P, C>
-    converged: jax.Array  # [] bool: L1 marginal error <= threshold at epsilon
+    converged: jax.Array  # [] bool: L1 marginal error <= tol at epsilon
     n_iter: jax.Array  # [] int32 iterations run (annealing included)
-    errors: jax.Array  # [max_iterations] L1 marginal error per iteration, -1 after
+    trace: jax.Array  # [max_iter] L1 marginal error per iteration, NaN after
     epsilon: jax.Array  # [] regularisation used
-    x: jax.Array  # [n, d] source points
-    y: jax.Array  # [m, d] target points
+    x: jax.Array | None  # [n, d] source points (None for a cost matrix)
+    y: jax.Array | None  # [m, d] target points (None for a cost matrix)
     a: jax.Array  # [n] source weights, normalised to sum 1
     b: jax.Array  # [m] target weights, normalised to sum 1
-    cost_fn: costs.CostFn  # ground cost (an ott-jax cost function)
+    cost_fn: costs.CostFn | None  # ground cost of x, y (None for a cost matrix)
+    cost_matrix: jax.Array | None  # [n, m] the cost given, or None for x, y
+    config: "SinkhornConfig"  # the options, every "auto" resolved (static)
 
 
 class SinkhornDivergenceOutput(NamedTuple):
@@ -171,18 +177,22 @@ class SinkhornDivergenceOutput(NamedTuple):
 class _Config:
     """Static options of the solver (hashable: part of the jit cache key)."""
 
-    max_iterations: int
-    min_iterations: int
+    max_iter: int
+    min_iter: int
     epsilon_scaling: float | None
     relaxation: float | None  # None: adaptive
-    block_size: int | None
+    block_size: int | None  # None: dense (the cost matrix is stored)
     differentiation: str
-    fixed_iterations: bool
     axis_name: Any
-    initializer: str  # "auto", then "gaussian" or "zero" (see _resolve_start)
+    initializer: str  # "gaussian", "zero" or "warm" (see _resolve)
     # Cache the kernel (stabilised scaling, see _Kernel) of problems with at
     # most this many entries (per device); 0: never.
     kernel: int = 0
+
+    @property
+    def fixed(self) -> bool:
+        """Exactly ``max_iter`` iterations: the loop is a ``scan``."""
+        return self.min_iter == self.max_iter
 
 
 class _Geom(NamedTuple):
@@ -198,48 +208,14 @@ def _is_sq_euclidean(cost_fn: costs.CostFn) -> bool:
     return type(cost_fn) is costs.SqEuclidean
 
 
-def _resolve_block(block_size, n: int, m: int, cost_fn) -> int | None:
-    """The block size for ``"auto"``: dense for small problems, else online."""
-    if isinstance(block_size, str):
-        _validate.check_choice(block_size, "block_size", ("auto",))
-        limit = (
-            _AUTO_DENSE_SQEUCLIDEAN if _is_sq_euclidean(cost_fn) else _AUTO_DENSE_OTHER
-        )
-        if n * m <= limit:
-            return None
-        rows = _AUTO_MIN_ROWS_SQEUCLIDEAN if _is_sq_euclidean(cost_fn) else 8
-        return int(min(max(_AUTO_BLOCK_ENTRIES // max(n, m), rows), 1024))
-    if block_size is not None:
-        return _validate.check_int(block_size, "block_size", minimum=1)
-    return None
-
-
-def _kernel_entries(block_size, block, cost_fn, cfg: _Config) -> int:
-    """Largest problem (``n m`` entries) whose loop caches the kernel.
-
-    Dense mode: all; ``"auto"`` online (squared Euclidean cost, whose kernel
-    is built by one matrix product): up to ``_AUTO_KERNEL_ENTRIES``; an int
-    ``block_size`` (an ``O(n + m)`` memory bound) and unrolled gradients
-    (which would store a kernel per iteration): none.
-    """
-    if cfg.differentiation == "unroll":
-        return 0
-    if block is None:
-        return _UNLIMITED
-    auto = isinstance(block_size, str) and _is_sq_euclidean(cost_fn)
-    return _AUTO_KERNEL_ENTRIES if auto else 0
-
-
 def _caches_kernel(cfg: _Config, geom: "_Geom") -> bool:
     return geom.x.shape[0] * geom.y.shape[0] <= cfg.kernel
 
 
-def _psum(v: Any, axis_name: Any) -> Any:
-    return v if axis_name is None else lax.psum(v, axis_name)
-
-
-def _pmax(v: Any, axis_name: Any) -> Any:
-    return v if axis_name is None else lax.pmax(v, axis_name)
+_psum = _parallel.psum
+# A maximum over devices is only ever a bound or a shift here: no derivative
+# (which also lets unrolled gradients run under shard_map).
+_pmax = _parallel.pmax
 
 
 def _gather(v: jax.Array, axis_name: Any) -> jax.Array:
@@ -256,7 +232,16 @@ def _pairwise(cost_fn: costs.CostFn, x: jax.Array, y: jax.Array) -> jax.Array:
     return cost_fn.all_pairs(x, y)
 
 
-def _make_geom(cost_fn, x, y, block_size, axis_name) -> _Geom:
+def _make_geom(cost_fn, x, y, block_size, axis_name, cost=None) -> _Geom:
+    """The geometry of points ``x``, ``y``, or of a given ``[n, m]`` ``cost``.
+
+    A cost matrix is always dense; its points are placeholders with no
+    coordinates (``[n, 0]``, ``[m, 0]``), which carry the sizes.
+    """
+    if cost is not None:
+        n, m = cost.shape
+        empty = lambda k: jnp.zeros((k, 0), cost.dtype)
+        return _Geom(empty(n), empty(m), cost, cost.T)
     if _is_sq_euclidean(cost_fn):
         # Translation invariance: centring the clouds keeps the expansion
         # |x|^2 + |y|^2 - 2 x.y accurate in float32.
@@ -534,6 +519,15 @@ def _gaussian_start(geom, mean_x, mean_y, covs, eps):
       covs: ``([d, d], [d, d])`` covariances of ``x`` and ``y``.
       eps: ``[]`` the epsilon of the first iteration.
     """
+    dtype = geom.x.dtype
+    if jnp.finfo(dtype).bits < 32:
+        # Half precision: no eigh kernel, and too few digits; float32 here.
+        up = lambda v: v.astype(jnp.float32)
+        geom = geom._replace(x=up(geom.x), y=up(geom.y))
+        f0, g0 = _gaussian_start(
+            geom, up(mean_x), up(mean_y), jax.tree.map(up, covs), up(eps)
+        )
+        return f0.astype(dtype), g0.astype(dtype)
     cov_x, cov_y = covs
     dim = cov_x.shape[0]
     s = 0.5 * eps
@@ -557,18 +551,26 @@ def _gaussian_start(geom, mean_x, mean_y, covs, eps):
     return f0, g0
 
 
-def _start_potentials(cfg, cost_fn, geom, a, b, eps0, covs, symmetric):
+def _start_potentials(cfg, cost_fn, geom, a, b, eps0, covs, symmetric, init=None):
     """``(f0, g0)`` that start a loop, with ``f0_i + g0_j <= C_ij``.
 
     ``f0 = eps0 log a``, plus the Gaussian potential (:func:`_gaussian_start`)
-    when ``cfg.initializer == "gaussian"``. ``g0`` is a lower bound of
+    when ``cfg.initializer == "gaussian"``; with ``"warm"``, ``init[0]`` (the
+    user's ``f_init``, ``-inf`` where ``a_i = 0``), and ``g0`` at most
+    ``init[1]`` when that is given. ``g0`` is a lower bound of
     ``min_i (C_ij - f0_i)`` in ``O((n + m) d^2)`` where the loop caches the
     kernel online (:func:`_bounded_start`), else that minimum, by one pass.
     For a symmetric problem (``geom.y`` all the points, ``b`` unused) the
     bound ``h_i <= min_j (C_ij - f0_j)`` is returned at the rows.
     """
     axis_name = cfg.axis_name
-    f0 = eps0 * jnp.log(a)
+    if cfg.initializer == "warm":
+        f_init, g_init = init
+        f0 = jnp.where(a > 0, f_init, -jnp.inf)
+        cfg = dataclasses.replace(cfg, initializer="zero")
+        f0, g0 = _start_potentials(cfg, cost_fn, geom, a, b, eps0, covs, False, f0)
+        return f0, g0 if g_init is None else jnp.minimum(g0, g_init)
+    f0 = eps0 * jnp.log(a) if init is None else init
     bounded = _bounded_start(cfg, cost_fn, geom)
     if cfg.initializer == "gaussian":
         top = _pmax(jnp.max(f0), axis_name)
@@ -939,7 +941,7 @@ class _LoopState(NamedTuple):
     k_target: jax.Array  # [] int32 iterations run at the target epsilon
     history: jax.Array  # [3] last errors at the target epsilon (newest first)
     best: jax.Array  # [] smallest error seen at the target epsilon
-    errors: jax.Array  # [max_iterations] trace
+    trace: jax.Array  # [max_iter] L1 error per iteration, NaN after
     mass: jax.Array  # [] sum_ij P_ij at (f_out, g)
 
 
@@ -998,11 +1000,12 @@ def _adapt_omega(cfg: _Config, s: _LoopState, err, at_target, omega0):
 def _run_loop(
     cfg: _Config, body, init: _LoopState, threshold, eps, build=None, gather=None
 ):
-    """Runs ``body`` until convergence, or for exactly ``max_iterations``.
+    """Runs ``body`` until convergence, or for exactly ``max_iter``.
 
     Returns the final state and the last kernel (``None`` without ``build``).
-    ``while_loop`` by default; a ``scan`` for fixed iterations, or for unrolled
-    gradients (then the state freezes once converged).
+    ``while_loop`` by default; a ``scan`` for a fixed number of iterations
+    (``min_iter == max_iter``), or for unrolled gradients (then the state
+    freezes once converged).
 
     With a kernel ``build`` (see :class:`_Kernel`) every loop is a
     ``while_loop``: the annealing one carries the kernel from level to level
@@ -1013,10 +1016,10 @@ def _run_loop(
     """
 
     def active(s):
-        if cfg.fixed_iterations:
-            return s.k < cfg.max_iterations
-        going = (s.k < cfg.min_iterations) | (s.eps > eps) | (s.err > threshold)
-        return (s.k < cfg.max_iterations) & going
+        if cfg.fixed:
+            return s.k < cfg.max_iter
+        going = (s.k < cfg.min_iter) | (s.eps > eps) | (s.err > threshold)
+        return (s.k < cfg.max_iter) & going
 
     if build is not None:
         cols = (lambda g: g) if gather is None else gather
@@ -1047,19 +1050,19 @@ def _run_loop(
             s, kern = lax.while_loop(annealing, anneal, (s, kern))
         s = iterate(s, kern)
         return lax.while_loop(lambda c: active(c[0]), absorb, (s, kern))
-    if cfg.differentiation != "unroll" and not cfg.fixed_iterations:
+    if cfg.differentiation != "unroll" and not cfg.fixed:
         return lax.while_loop(active, body, init), None
 
     step = jax.checkpoint(body) if cfg.differentiation == "unroll" else body
 
     def scan_body(s, _):
-        if cfg.fixed_iterations:
+        if cfg.fixed:
             return step(s), None
         new = step(s)
         keep = active(s)
         return jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, s), None
 
-    out, _ = lax.scan(scan_body, init, None, length=cfg.max_iterations)
+    out, _ = lax.scan(scan_body, init, None, length=cfg.max_iter)
     return out, None
 
 
@@ -1075,7 +1078,7 @@ def _levels(cfg: _Config, eps, sched: "_Schedule"):
         return jnp.zeros((), jnp.int32)
     ratio = jnp.log(sched.start / eps) / -math.log(cfg.epsilon_scaling)
     ok = jnp.isfinite(ratio) & (ratio >= _MIN_LEVELS)
-    levels = jnp.minimum(jnp.where(ok, ratio, 0.0), cfg.max_iterations)
+    levels = jnp.minimum(jnp.where(ok, ratio, 0.0), cfg.max_iter)
     return jnp.round(levels).astype(jnp.int32)
 
 
@@ -1101,7 +1104,7 @@ def _init_state(cfg, f, g, eps, levels):
         k_target=jnp.asarray(0, jnp.int32),
         history=jnp.full(3, jnp.inf, dtype),
         best=inf,
-        errors=jnp.full(cfg.max_iterations, -1.0, dtype),
+        trace=jnp.full(cfg.max_iter, jnp.nan, dtype),
         mass=inf,
     )
 
@@ -1118,7 +1121,9 @@ def _solve_xy(cfg: _Config, cost_fn, geom, a, b, eps, sched, threshold):
     kw = dict(block_size=cfg.block_size, axis_name=cfg.axis_name)
     levels = _levels(cfg, eps, sched)
     eps0 = _level_eps(cfg, eps, levels)
-    f0, g0 = _start_potentials(cfg, cost_fn, geom, a, b, eps0, sched.covs, False)
+    f0, g0 = _start_potentials(
+        cfg, cost_fn, geom, a, b, eps0, sched.covs, False, sched.init
+    )
     omega0 = _omega_start(eps, sched, levels).astype(a.dtype)
 
     def body(s: _LoopState, kern: _Kernel | None = None) -> _LoopState:
@@ -1156,7 +1161,7 @@ def _solve_xy(cfg: _Config, cost_fn, geom, a, b, eps, sched, threshold):
             k_target=k_target,
             history=history,
             best=best,
-            errors=s.errors.at[s.k].set(err),
+            trace=s.trace.at[s.k].set(err),
             mass=_psum(jnp.sum(r), cfg.axis_name),
         )
 
@@ -1206,7 +1211,7 @@ def _solve_sym(cfg: _Config, cost_fn, geom, a, eps, sched, threshold):
             k_target=k_target,
             history=history,
             best=best,
-            errors=s.errors.at[s.k].set(err),
+            trace=s.trace.at[s.k].set(err),
             mass=_psum(jnp.sum(r), axis_name),
         )
 
@@ -1236,7 +1241,7 @@ class _Problem(NamedTuple):
 class _Aux(NamedTuple):
     """What a solve reports besides the potentials (no gradient)."""
 
-    errors: jax.Array  # [max_iterations]
+    trace: jax.Array  # [max_iter]
     n_iter: jax.Array  # [] int32
     converged: jax.Array  # [] bool
     mass: jax.Array  # [] sum_ij P_ij at the returned potentials
@@ -1278,7 +1283,7 @@ def _solve_and_state(cfg, prob: _Problem, sched, threshold, symmetric):
             lambda: _plan_cost(cost_fn, geom, s.f_out, s.g, eps, **kw),
         )
     converged = (s.err <= threshold) & (s.eps <= eps) & jnp.isfinite(s.err)
-    return s, _Aux(s.errors, s.k, converged, mass, transport_cost)
+    return s, _Aux(s.trace, s.k, converged, mass, transport_cost)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4))
@@ -1521,17 +1526,20 @@ class _Schedule(NamedTuple):
     scale: jax.Array  # [] the cost scale (mean cost)
     # ([d, d], [d, d]) covariances of x and y for the Gaussian start, or None
     covs: tuple[jax.Array, jax.Array] | None = None
+    # (f_init [n], g_init [m] or None): a warm start (no gradient), or None
+    init: tuple[jax.Array, jax.Array | None] | None = None
 
 
-def _epsilons(cfg, cost_fn, geom, a, b, epsilon):
+def _epsilons(cfg, cost_fn, geom, a, b, epsilon, init=None):
     """Target epsilon and the annealing :class:`_Schedule`.
 
     The target defaults to ``0.05 x`` the cost scale (the mean cost, as in
     ott-jax). The annealing starts at the cost's spread, its standard
     deviation under ``a ⊗ b``: a constant added to the cost changes neither
     the plan nor the spread, so it adds no level. Nothing here carries a
-    gradient when derived from the data.
+    gradient when derived from the data; nor does a warm start ``init``.
     """
+    init = None if init is None else lax.stop_gradient(init)
     kw = dict(block_size=cfg.block_size, axis_name=cfg.axis_name)
     scale, spread, covs = lax.stop_gradient(_cost_scale(cost_fn, geom, a, b, **kw))
     covs = covs if cfg.initializer == "gaussian" else None
@@ -1539,8 +1547,9 @@ def _epsilons(cfg, cost_fn, geom, a, b, epsilon):
     eps = _DEFAULT_EPSILON_SCALE * scale if epsilon is None else epsilon
     plain = lax.stop_gradient(eps)
     if cfg.epsilon_scaling is None:
-        return eps, _Schedule(plain, plain, covs)
-    return eps, _Schedule(jnp.maximum(spread, plain), jnp.maximum(scale, plain), covs)
+        return eps, _Schedule(plain, plain, covs, init)
+    start, scale = jnp.maximum(spread, plain), jnp.maximum(scale, plain)
+    return eps, _Schedule(start, scale, covs, init)
 
 
 def _fix_gauge(f, g, a, b, axis_name):
@@ -1555,10 +1564,15 @@ def _fix_gauge(f, g, a, b, axis_name):
     return f + c, g - c
 
 
-def _solve_problem(cfg, cost_fn, x, y, a, b, epsilon, threshold):
-    """Solves ``OT(a, b)``; returns its :class:`SinkhornOutput` and schedule."""
-    geom = _make_geom(cost_fn, x, y, cfg.block_size, cfg.axis_name)
-    eps, sched = _epsilons(cfg, cost_fn, geom, a, b, epsilon)
+def _solve_problem(cfg, cost_fn, x, y, a, b, epsilon, threshold, cost, init, record):
+    """Solves ``OT(a, b)``; returns its :class:`SinkhornOutput` and schedule.
+
+    ``cost`` is the ``[n, m]`` cost matrix given instead of points (``x``,
+    ``y`` then None), ``init`` a warm start ``(f_init, g_init)`` or None, and
+    ``record`` the resolved :class:`SinkhornConfig` the output carries.
+    """
+    geom = _make_geom(cost_fn, x, y, cfg.block_size, cfg.axis_name, cost)
+    eps, sched = _epsilons(cfg, cost_fn, geom, a, b, epsilon, init)
     prob = _Problem(geom, cost_fn, a, b, eps)
     (f, g), aux = _potentials(cfg, prob, sched, threshold, False)
     f, g = _fix_gauge(f, g, a, b, cfg.axis_name)
@@ -1583,32 +1597,35 @@ def _solve_problem(cfg, cost_fn, x, y, a, b, epsilon, threshold):
         transport_cost=nan_if_bad(transport_cost),
         converged=aux.converged & ok,
         n_iter=aux.n_iter,
-        errors=aux.errors,
+        trace=aux.trace,
         epsilon=eps,
         x=x,
         y=y,
         a=a,
         b=b,
         cost_fn=cost_fn,
+        cost_matrix=cost,
+        config=record,
     )
     return out, sched
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _sinkhorn_core(x, y, a, b, epsilon, threshold, cost_fn, cfg):
+@functools.partial(jax.jit, static_argnames=("cfg", "record"))
+def _sinkhorn_core(x, y, cost, a, b, epsilon, tol, init, cost_fn, cfg, record):
     a = _normalise(a, cfg.axis_name)
     b = _normalise(b, None)
-    return _solve_problem(cfg, cost_fn, x, y, a, b, epsilon, threshold)[0]
+    return _solve_problem(cfg, cost_fn, x, y, a, b, epsilon, tol, cost, init, record)[0]
 
 
-def _self_cost(cfg, cost_fn, pts, w, eps, sched, threshold, axis_name):
+def _self_cost(cfg, cost_fn, pts, w, eps, sched, threshold, axis_name, cost=None):
     """Entropic cost OT(w, w) and its symmetric potential.
 
-    ``sched.covs``, if any, are the covariances of ``pts`` (twice).
+    ``sched.covs``, if any, are the covariances of ``pts`` (twice). ``cost``:
+    the problem's ``[n, n]`` cost matrix instead of points.
     """
     cfg = dataclasses.replace(cfg, axis_name=axis_name)
-    cols = _gather(pts, axis_name)
-    geom = _make_geom(cost_fn, pts, cols, cfg.block_size, axis_name)
+    cols = None if cost is not None else _gather(pts, axis_name)
+    geom = _make_geom(cost_fn, pts, cols, cfg.block_size, axis_name, cost)
     prob = _Problem(geom, cost_fn, w, w, eps)
     (f, _), aux = _potentials(cfg, prob, sched, threshold, True)
     fd = lax.stop_gradient(f) if cfg.differentiation == "envelope" else f
@@ -1618,21 +1635,25 @@ def _self_cost(cfg, cost_fn, pts, w, eps, sched, threshold, axis_name):
 
 def _self_fit(sched: _Schedule, side: int) -> _Schedule:
     """The cross problem's schedule, with the fit of ``x`` (0) or ``y`` (1)."""
-    return sched._replace(covs=None if sched.covs is None else (sched.covs[side],) * 2)
+    covs = None if sched.covs is None else (sched.covs[side],) * 2
+    return sched._replace(covs=covs, init=None)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _divergence_core(x, y, a, b, epsilon, threshold, cost_fn, cfg):
+@functools.partial(jax.jit, static_argnames=("cfg", "record"))
+def _divergence_core(x, y, costs3, a, b, epsilon, tol, cost_fn, cfg, record):
     a = _normalise(a, cfg.axis_name)
     b = _normalise(b, None)
+    c_xy, c_xx, c_yy = (None, None, None) if costs3 is None else costs3
     # The self-problems share the cross problem's epsilon and schedule.
-    xy, sched = _solve_problem(cfg, cost_fn, x, y, a, b, epsilon, threshold)
+    xy, sched = _solve_problem(
+        cfg, cost_fn, x, y, a, b, epsilon, tol, c_xy, None, record
+    )
     eps = xy.epsilon
     cost_xx, f_xx, n_xx, conv_xx = _self_cost(
-        cfg, cost_fn, x, a, eps, _self_fit(sched, 0), threshold, cfg.axis_name
+        cfg, cost_fn, x, a, eps, _self_fit(sched, 0), tol, cfg.axis_name, c_xx
     )
     cost_yy, g_yy, n_yy, conv_yy = _self_cost(
-        cfg, cost_fn, y, b, eps, _self_fit(sched, 1), threshold, None
+        cfg, cost_fn, y, b, eps, _self_fit(sched, 1), tol, None, c_yy
     )
     divergence = xy.reg_cost - 0.5 * (cost_xx + cost_yy)
     return SinkhornDivergenceOutput(
@@ -1646,144 +1667,340 @@ def _divergence_core(x, y, a, b, epsilon, threshold, cost_fn, cfg):
 
 
 # --------------------------------------------------------------------------
-# Public entry points.
+# Options: one frozen configuration, and one resolver of every "auto" rule.
+
+_STORAGES = ("auto", "dense", "online", "kernel")
 
 
-def _check_options(
-    *,
-    initializer,
-    epsilon_scaling,
-    relaxation,
-    block_size,
-    differentiation,
-    fixed_iterations,
-    max_iterations,
-    min_iterations,
-    axis_name,
-) -> _Config:
-    max_iterations = _validate.check_int(max_iterations, "max_iterations", minimum=1)
-    min_iterations = _validate.check_int(min_iterations, "min_iterations", minimum=0)
-    if min_iterations > max_iterations:
-        raise ValueError(
-            f"min_iterations ({min_iterations}) must be <= max_iterations "
-            f"({max_iterations})"
-        )
-    _validate.check_choice(initializer, "initializer", _INITIALIZERS)
-    if isinstance(epsilon_scaling, str):
-        _validate.check_choice(epsilon_scaling, "epsilon_scaling", ("auto",))
-    elif epsilon_scaling is not None:
-        if isinstance(epsilon_scaling, bool) or not isinstance(
-            epsilon_scaling, (int, float)
-        ):
-            raise TypeError(
-                "epsilon_scaling must be 'auto', a float in (0, 1) or None, got "
-                f"{type(epsilon_scaling).__name__}"
-            )
-        if not 0.0 < epsilon_scaling < 1.0:
-            raise ValueError(
-                f"epsilon_scaling must be in (0, 1) or None, got {epsilon_scaling}"
-            )
-        epsilon_scaling = float(epsilon_scaling)
-    if relaxation == "adaptive":
-        relaxation = None
-    elif isinstance(relaxation, bool) or not isinstance(relaxation, (int, float)):
-        raise TypeError(
-            f"relaxation must be 'adaptive' or a float in (0, 2), got {relaxation!r}"
-        )
-    elif not 0.0 < relaxation < 2.0:
-        raise ValueError(f"relaxation must be in (0, 2), got {relaxation}")
-    else:
-        relaxation = float(relaxation)
-    if not (block_size is None or isinstance(block_size, str)):
-        _validate.check_int(block_size, "block_size", minimum=1)
-    _validate.check_choice(differentiation, "differentiation", _DIFFERENTIATION)
-    if not isinstance(fixed_iterations, bool):
-        raise TypeError(
-            f"fixed_iterations must be a bool, got {type(fixed_iterations).__name__}"
-        )
-    return _Config(
-        max_iterations=max_iterations,
-        min_iterations=min_iterations,
-        epsilon_scaling=epsilon_scaling,
-        relaxation=relaxation,
-        block_size=block_size,
-        differentiation=differentiation,
-        fixed_iterations=fixed_iterations,
-        axis_name=axis_name,
-        initializer=initializer,
-    )
+@dataclasses.dataclass(frozen=True)
+class SinkhornConfig:
+    """Options of the Sinkhorn solver, shared by every entropic function.
 
+    A frozen, hashable value (static under ``jit``): :func:`sinkhorn`,
+    :func:`sinkhorn_divergence` and :func:`wasserstein_entropic` take it as
+    ``config=``, or its fields as keywords (``max_iter=50`` is short for
+    ``config=SinkhornConfig(max_iter=50)``; keywords given with a ``config``
+    replace its fields). Every ``"auto"`` is resolved in one place, from the
+    problem's sizes and cost, and the output's ``config`` field holds the
+    options as resolved (e.g. ``storage="dense"``, ``initializer="gaussian"``).
 
-def _resolve_start(cfg: _Config, cost_fn, n: int, m: int, d: int) -> _Config:
-    """Resolves ``initializer`` and ``epsilon_scaling`` from ``"auto"``.
+    Attributes:
+      max_iter: iteration budget (annealing iterations included); also the
+        length of the output's ``trace``.
+      min_iter: iterations run before convergence is tested. With
+        ``min_iter == max_iter`` exactly ``max_iter`` iterations run, as a
+        ``scan``: a predictable cost, and under ``vmap`` a batch no longer
+        runs at its slowest member's pace (``converged`` still reports the
+        final error against ``tol``).
+      initializer: the potentials the iterations start from. ``"gaussian"``
+        (squared Euclidean cost between points only): those of the entropic
+        problem between the Gaussians fitted to ``(x, a)`` and ``(y, b)``, in
+        closed form (Janati et al. 2020; ott-jax's ``GaussianInitializer``
+        takes the unregularised ones), at the cost of two ``d x d``
+        eigendecompositions (in float32 for half-precision inputs).
+        Near-Gaussian clouds start close to the solution. ``"zero"``:
+        ``f = epsilon log a``, zero but for the weights (as ott-jax's
+        default). ``"auto"`` (default): ``"gaussian"`` for the squared
+        Euclidean cost when ``d^3 <= n m``, else ``"zero"``; ``"warm"`` when
+        ``f_init`` is given (resolved only). Either way the first ``g`` is a
+        lower bound of the c-transform of ``f``, so that no exponent of the
+        first pass is positive.
+      epsilon_scaling: ``"auto"`` (default): no annealing from the Gaussian
+        or a warm start, which already hold the large scales that annealing
+        would resolve, and ``1/2`` from the zero start. ``q`` in ``(0, 1)``:
+        anneal from about the cost's spread ``sigma`` (its standard deviation
+        under ``a ⊗ b``, which a constant added to the cost leaves unchanged)
+        down to ``epsilon``, one iteration per level (GeomLoss): the levels
+        are ``epsilon / q^L, ..., epsilon / q, epsilon`` with ``L`` the
+        nearest integer to ``log(sigma / epsilon) / log(1 / q)``, or 0 when
+        that is below 2, so that a cached kernel passes from one level to
+        the next by the integer power ``1 / q`` when it is one (as for
+        ``1/2``). ``None`` disables it.
+      relaxation: ``"adaptive"`` (default: plain Sinkhorn while annealing; at
+        ``epsilon``, over-relaxation ``omega`` starting from the optimum for
+        a plain rate ``1 - 4 epsilon / s`` (plain without annealing levels)
+        and raised as the observed convergence rate requires, never past what
+        the error history supports), or a fixed ``omega`` in ``(0, 2)`` (1 is
+        plain Sinkhorn).
+      storage: where the cost lives. ``"dense"``: the ``[n, m]`` cost matrix
+        is stored once (and its transpose) and the kernel
+        ``exp((f + g - C) / epsilon)`` cached (stabilised scaling: a pass is
+        a matrix-vector product). ``"online"``: the cost is recomputed by
+        blocks of ``block_size`` rows at every pass (memory
+        ``O((n + m) d + block_size max(n, m))``, no cached kernel; an
+        iteration is one pass over stripes of at most ``block_size`` columns,
+        narrower when that keeps a stripe near ``2^21`` entries).
+        ``"kernel"`` (squared Euclidean cost): online, but the ``[n, m]``
+        kernel is cached, built by blocks of matrix products. ``"auto"``
+        (default): dense up to ``2^16`` entries for the squared Euclidean
+        cost (whose online blocks are one matrix product) or ``2^24`` for
+        other costs, above that ``"kernel"`` up to ``2^25`` entries (128 MB
+        in float32) per problem for the squared Euclidean cost and
+        ``"online"`` otherwise; a cost matrix is always dense. No kernel is
+        cached with ``differentiation="unroll"``. Under ``vmap`` each
+        problem has its own kernel: use ``"online"`` for large batches.
+      block_size: rows per block of the online passes; ``None`` (default):
+        about ``2^20`` entries per block (at least 64 rows for the squared
+        Euclidean cost, 8 otherwise, at most 1024). Unused when dense.
+      differentiation: how gradients flow through the solution.
+        ``"envelope"`` (default): ``reg_cost`` is differentiated w.r.t. the
+        points (or cost matrix), weights and ``epsilon`` with the potentials
+        held fixed (Danskin's theorem; exact at the optimum, costs one
+        pass); differentiating anything that depends on the potentials
+        raises a ``ValueError``. ``"implicit"``: the potentials are
+        differentiated by the implicit function theorem (a linear solve,
+        conjugate gradients or a direct solve for ``m <= 1024`` when dense),
+        so are ``transport_cost`` and plans. ``"unroll"``: backpropagation
+        through the iterations (runs ``max_iter`` iterations, the state
+        frozen after convergence; memory ``O((n + m) max_iter)``), for
+        comparison.
 
-    ``"auto"`` is the Gaussian start for the squared Euclidean cost when its
-    ``O(d^3)`` eigendecompositions cost less than a pass (``d^3 <= n m``),
-    else the zero start; ``epsilon_scaling="auto"`` anneals (``q = 1/2``)
-    only from the zero start.
+    Raises:
+      TypeError, ValueError: a field of the wrong type or value (named).
+
+    Example:
+      >>> import densax
+      >>> cfg = densax.ot.SinkhornConfig(max_iter=50, relaxation=1.0)
+      >>> cfg.max_iter, cfg.storage, hash(cfg) == hash(cfg)
+      (50, 'auto', True)
     """
-    init = cfg.initializer
-    if init == "gaussian" and not _is_sq_euclidean(cost_fn):
-        raise ValueError(
-            "initializer='gaussian' needs the squared Euclidean cost, got "
-            f"{type(cost_fn).__name__}"
+
+    max_iter: int = 2000
+    min_iter: int = 0
+    initializer: str = "auto"
+    epsilon_scaling: float | str | None = "auto"
+    relaxation: float | str = "adaptive"
+    storage: str = "auto"
+    block_size: int | None = None
+    differentiation: str = "envelope"
+
+    def __post_init__(self):
+        set_ = functools.partial(object.__setattr__, self)
+        max_iter = _validate.check_int(self.max_iter, "max_iter", minimum=1)
+        min_iter = _validate.check_int(self.min_iter, "min_iter", minimum=0)
+        if min_iter > max_iter:
+            raise ValueError(f"min_iter ({min_iter}) must be <= max_iter ({max_iter})")
+        set_("max_iter", max_iter)
+        set_("min_iter", min_iter)
+        _validate.check_choice(self.initializer, "initializer", _INITIALIZERS)
+        scaling = self.epsilon_scaling
+        if isinstance(scaling, str):
+            _validate.check_choice(scaling, "epsilon_scaling", ("auto",))
+        elif scaling is not None:
+            if isinstance(scaling, bool) or not isinstance(scaling, (int, float)):
+                raise TypeError(
+                    "epsilon_scaling must be 'auto', a float in (0, 1) or None, "
+                    f"got {type(scaling).__name__}"
+                )
+            if not 0.0 < scaling < 1.0:
+                raise ValueError(
+                    f"epsilon_scaling must be in (0, 1) or None, got {scaling}"
+                )
+            set_("epsilon_scaling", float(scaling))
+        relaxation = self.relaxation
+        if isinstance(relaxation, str):
+            _validate.check_choice(relaxation, "relaxation", ("adaptive",))
+        elif isinstance(relaxation, bool) or not isinstance(relaxation, (int, float)):
+            raise TypeError(
+                "relaxation must be 'adaptive' or a float in (0, 2), got "
+                f"{type(relaxation).__name__}"
+            )
+        elif not 0.0 < relaxation < 2.0:
+            raise ValueError(f"relaxation must be in (0, 2), got {relaxation}")
+        else:
+            set_("relaxation", float(relaxation))
+        _validate.check_choice(self.storage, "storage", _STORAGES)
+        if self.block_size is not None:
+            set_(
+                "block_size",
+                _validate.check_int(self.block_size, "block_size", minimum=1),
+            )
+        _validate.check_choice(
+            self.differentiation, "differentiation", _DIFFERENTIATION
         )
-    if init == "auto":
-        gaussian = _is_sq_euclidean(cost_fn) and d**3 <= n * m
-        init = "gaussian" if gaussian else "zero"
-    scaling = cfg.epsilon_scaling
+
+
+jax.tree_util.register_static(SinkhornConfig)
+
+
+def _config(config: SinkhornConfig | None, options: dict) -> SinkhornConfig:
+    """``config`` (default options when None) with the keyword ``options``."""
+    if config is None:
+        return SinkhornConfig(**options)
+    if not isinstance(config, SinkhornConfig):
+        raise TypeError(f"config must be a SinkhornConfig, got {type(config).__name__}")
+    return dataclasses.replace(config, **options) if options else config
+
+
+def _auto_rows(n: int, m: int, sq: bool) -> int:
+    rows = _AUTO_MIN_ROWS_SQEUCLIDEAN if sq else 8
+    return int(min(max(_AUTO_BLOCK_ENTRIES // max(n, m), rows), 1024))
+
+
+def _resolve(
+    config: SinkhornConfig,
+    *,
+    cost_fn,
+    n: int,
+    m: int,
+    d: int,
+    matrix: bool = False,
+    warm: bool = False,
+    axis_name: Any = None,
+    batch_size: int | None = None,
+) -> tuple[SinkhornConfig, _Config]:
+    """Every ``"auto"`` rule of the solver, in one place.
+
+    Returns the options as resolved (what the output records) and the static
+    configuration of the jitted core. ``n, m, d``: the problem's local sizes
+    (``d = 0`` for a cost matrix, ``matrix=True``); ``warm``: ``f_init`` is
+    given; ``batch_size``: that of an ott-jax ``PointCloud``, which makes
+    ``storage="auto"`` online.
+    """
+    sq = not matrix and _is_sq_euclidean(cost_fn)
+    # The start.
+    init = config.initializer
+    if warm:
+        if init not in ("auto", "warm"):
+            raise ValueError(
+                f"initializer={init!r} conflicts with f_init (a warm start); "
+                "leave initializer='auto'"
+            )
+        init = "warm"
+    elif init == "warm":
+        raise ValueError("initializer='warm' needs f_init")
+    elif init == "gaussian" and not sq:
+        what = "a cost matrix" if matrix else type(cost_fn).__name__
+        raise ValueError(
+            "initializer='gaussian' needs the squared Euclidean cost between "
+            f"points, got {what}"
+        )
+    elif init == "auto":
+        init = "gaussian" if sq and d**3 <= n * m else "zero"
+    scaling = config.epsilon_scaling
     if scaling == "auto":
-        scaling = None if init == "gaussian" else _AUTO_EPSILON_SCALING
-    return dataclasses.replace(cfg, initializer=init, epsilon_scaling=scaling)
+        scaling = None if init in ("gaussian", "warm") else _AUTO_EPSILON_SCALING
+    # The storage, the blocks and the cached kernel.
+    storage, block = config.storage, config.block_size
+    unroll = config.differentiation == "unroll"
+    if matrix and storage not in ("auto", "dense"):
+        raise ValueError(
+            f"a cost matrix is stored: storage must be 'auto' or 'dense', got "
+            f"{storage!r}"
+        )
+    if storage == "kernel" and not sq:
+        raise ValueError(
+            "storage='kernel' builds the kernel by matrix products: it needs the "
+            "squared Euclidean cost between points"
+        )
+    kernel = _UNLIMITED
+    if storage == "auto" and batch_size is not None:
+        storage, block = "online", block or batch_size
+    if storage == "auto":
+        limit = _AUTO_DENSE_SQEUCLIDEAN if sq else _AUTO_DENSE_OTHER
+        if matrix or n * m <= limit:
+            storage = "dense"
+        else:
+            kernel = _AUTO_KERNEL_ENTRIES if sq else 0
+            cached = n * m <= kernel and not unroll
+            storage = "kernel" if cached else "online"
+    elif storage == "online":
+        kernel = 0
+    if storage == "dense":
+        block = None
+    elif block is None:
+        block = _auto_rows(n, m, sq)
+    if unroll:
+        kernel = 0
+        storage = "online" if storage == "kernel" else storage
+    relaxation = None if config.relaxation == "adaptive" else config.relaxation
+    cfg = _Config(
+        max_iter=config.max_iter,
+        min_iter=config.min_iter,
+        epsilon_scaling=scaling,
+        relaxation=relaxation,
+        block_size=block,
+        differentiation=config.differentiation,
+        axis_name=axis_name,
+        initializer=init,
+        kernel=kernel,
+    )
+    record = dataclasses.replace(
+        config,
+        initializer=init,
+        epsilon_scaling=scaling,
+        storage=storage,
+        block_size=block,
+    )
+    return record, cfg
 
 
-def _check_inputs(x, y, a, b, epsilon, threshold, cost_fn, cfg, validate):
+def _check_matrix(c: Any, name: str, shape: tuple[int, ...] | None, dtype=None):
+    c = _validate.as_float(c, name, ndim=2, dtype=dtype)
+    if shape is not None and c.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {c.shape}")
+    if c.shape[0] == 0 or c.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one row and column, got {c.shape}")
+    return c
+
+
+def _check_inputs(
+    x, y, cost_matrix, a, b, epsilon, tol, cost_fn, config, axis_name, validate
+):
     """Static and (eager) value checks; unpacks an ott-jax ``PointCloud``.
 
-    Returns the checked arrays, ``cost_fn`` and ``cfg`` with ``block_size``,
-    whether to cache the kernel, ``initializer`` and ``epsilon_scaling``
-    resolved.
+    Returns the checked arrays, ``cost_fn`` (None for a cost matrix), the
+    sizes ``(n, m, d)`` and the PointCloud's ``batch_size`` (or None).
     """
-    block_size = cfg.block_size
-    if isinstance(x, pointcloud.PointCloud):
-        if y is not None:
-            raise ValueError("y must be None when x is an ott-jax PointCloud")
-        geom = x
-        scale = geom._scale_cost
-        if not (isinstance(scale, (int, float)) and scale == 1.0):
-            raise ValueError(
-                "only PointClouds with scale_cost=1.0 are supported, got "
-                f"scale_cost={scale!r}"
-            )
+    batch_size = None
+    if cost_matrix is not None:
+        if x is not None or y is not None:
+            raise ValueError("x and y must be None when cost_matrix is given")
         if cost_fn is not None:
-            raise ValueError("cost_fn must be None when x is a PointCloud")
-        x, y, cost_fn = geom.x, geom.y, geom.cost_fn
-        epsilon = geom.epsilon if epsilon is None else epsilon
-        if block_size == "auto" and geom.batch_size is not None:
-            block_size = geom.batch_size
-    elif y is None:
-        raise ValueError("y is required unless x is an ott-jax PointCloud")
-    cost_fn = costs.SqEuclidean() if cost_fn is None else cost_fn
-    if not isinstance(cost_fn, costs.CostFn):
-        raise TypeError(
-            "cost_fn must be an ott.geometry.costs.CostFn, got "
-            f"{type(cost_fn).__name__}"
-        )
-    dtype = _validate.common_float_dtype(x, y)
-    x = _validate.as_float(x, "x", ndim=2, dtype=dtype)
-    y = _validate.as_float(y, "y", ndim=2, dtype=dtype)
-    _validate.check_same_last_dim(x, y, "x", "y")
-    n, m = x.shape[0], y.shape[0]
-    if n == 0 or m == 0:
-        raise ValueError(f"x and y must have at least one point, got {n} and {m}")
+            raise ValueError("cost_fn must be None when cost_matrix is given")
+        cost_matrix = _check_matrix(cost_matrix, "cost_matrix", None)
+        dtype = cost_matrix.dtype
+        (n, m), d = cost_matrix.shape, 0
+        _validate.check_finite(cost_matrix, "cost_matrix", validate)
+    else:
+        if isinstance(x, pointcloud.PointCloud):
+            if y is not None:
+                raise ValueError("y must be None when x is an ott-jax PointCloud")
+            geom = x
+            scale = geom._scale_cost
+            if not (isinstance(scale, (int, float)) and scale == 1.0):
+                raise ValueError(
+                    "only PointClouds with scale_cost=1.0 are supported, got "
+                    f"scale_cost={scale!r}"
+                )
+            if cost_fn is not None:
+                raise ValueError("cost_fn must be None when x is a PointCloud")
+            x, y, cost_fn = geom.x, geom.y, geom.cost_fn
+            epsilon = geom.epsilon if epsilon is None else epsilon
+            batch_size = geom.batch_size
+        elif x is None or y is None:
+            raise ValueError(
+                "give points x and y (or an ott-jax PointCloud x), or cost_matrix"
+            )
+        cost_fn = costs.SqEuclidean() if cost_fn is None else cost_fn
+        if not isinstance(cost_fn, costs.CostFn):
+            raise TypeError(
+                "cost_fn must be an ott.geometry.costs.CostFn, got "
+                f"{type(cost_fn).__name__}"
+            )
+        dtype = _validate.common_float_dtype(x, y)
+        x = _validate.as_float(x, "x", ndim=2, dtype=dtype)
+        y = _validate.as_float(y, "y", ndim=2, dtype=dtype)
+        _validate.check_same_last_dim(x, y, "x", "y")
+        (n, d), m = x.shape, y.shape[0]
+        if n == 0 or m == 0:
+            raise ValueError(f"x and y must have at least one point, got {n} and {m}")
+        _validate.check_finite(x, "x", validate)
+        _validate.check_finite(y, "y", validate)
     a = jnp.ones(n, dtype) if a is None else a
     b = jnp.ones(m, dtype) if b is None else b
     a = _validate.check_weights(a, "a", (n,), dtype=dtype, validate=validate)
     b = _validate.check_weights(b, "b", (m,), dtype=dtype, validate=validate)
-    _validate.check_finite(x, "x", validate)
-    _validate.check_finite(y, "y", validate)
-    block = _resolve_block(block_size, n, m, cost_fn)
-    kernel = _kernel_entries(block_size, block, cost_fn, cfg)
     if epsilon is not None:
         epsilon = _validate.as_float(epsilon, "epsilon", ndim=0, dtype=dtype)
         _validate.value_check(
@@ -1791,147 +2008,95 @@ def _check_inputs(x, y, a, b, epsilon, threshold, cost_fn, cfg, validate):
             jnp.isfinite(epsilon) & (epsilon > 0),
             f"epsilon must be positive and finite, got {epsilon}",
         )
-    threshold = _validate.as_float(threshold, "threshold", ndim=0, dtype=dtype)
-    _validate.value_check(
-        validate, threshold >= 0, f"threshold must be >= 0, got {threshold}"
-    )
-    cfg = dataclasses.replace(cfg, block_size=block, kernel=kernel)
-    cfg = _resolve_start(cfg, cost_fn, n, m, x.shape[1])
-    return x, y, a, b, epsilon, threshold, cost_fn, cfg
+    tol = _validate.as_float(tol, "tol", ndim=0, dtype=dtype)
+    _validate.value_check(validate, tol >= 0, f"tol must be >= 0, got {tol}")
+    return x, y, cost_matrix, a, b, epsilon, tol, cost_fn, (n, m, d), batch_size
 
 
 def sinkhorn(
-    x: Any,
+    x: Any = None,
     y: Any = None,
     *,
     a: Any = None,
     b: Any = None,
+    cost_matrix: Any = None,
     epsilon: Any = None,
     cost_fn: costs.CostFn | None = None,
-    threshold: float = 1e-3,
-    max_iterations: int = 2000,
-    min_iterations: int = 0,
-    initializer: str = "auto",
-    epsilon_scaling: float | str | None = "auto",
-    relaxation: float | str = "adaptive",
-    block_size: int | str | None = "auto",
-    differentiation: str = "envelope",
-    fixed_iterations: bool = False,
+    tol: float = 1e-3,
+    f_init: Any = None,
+    g_init: Any = None,
+    config: SinkhornConfig | None = None,
     axis_name: Any = None,
     validate: bool = True,
+    **options: Any,
 ) -> SinkhornOutput:
-    """Entropic optimal transport between two weighted point clouds.
+    """Entropic optimal transport between two weighted point clouds or histograms.
 
     Solves ``min_P <P, C> + epsilon KL(P | a ⊗ b)`` over couplings of ``a`` and
-    ``b`` with log-domain Sinkhorn iterations (see the module docstring),
+    ``b`` with log-domain Sinkhorn iterations (see the package docstring),
     until the L1 marginal error ``||P 1 - a||_1 + ||P^T 1 - b||_1`` of the
-    returned potentials is at most ``threshold``. After each iteration one of
-    the two terms is zero without relaxation, so this is ott-jax's criterion.
+    returned potentials is at most ``tol``. After each iteration one of the
+    two terms is zero without relaxation, so this is ott-jax's criterion.
+    The problem is given as points ``x``, ``y`` with a ``cost_fn``, or as a
+    cost matrix ``cost_matrix`` (e.g. histograms ``a``, ``b`` over a fixed
+    grid; ``vmap`` over many marginals on one cost).
 
     Args:
       x: ``[n, d]`` source points, or an ott-jax ``PointCloud`` (then ``y``
         and ``cost_fn`` are taken from it, and ``epsilon`` too unless given).
-      y: ``[m, d]`` target points.
+        None with ``cost_matrix``.
+      y: ``[m, d]`` target points; None with ``cost_matrix``.
       a: ``[n]`` non-negative source weights (uniform by default); normalised
         to sum to 1. Zero weights give ``f_i = -inf``, as in ott-jax.
       b: ``[m]`` target weights, likewise.
+      cost_matrix: ``[n, m]`` ground cost ``C_ij`` instead of points (always
+        stored dense; ``initializer="gaussian"`` needs points).
       epsilon: regularisation, a positive scalar. Default: ``0.05 x`` the cost
         scale ``sum_ij a_i b_j |C_ij|`` (the mean cost under the independent
         coupling), computed without gradient.
-      cost_fn: an ``ott.geometry.costs.CostFn``; default ``SqEuclidean()``,
-        which has a matrix-product fast path. Other costs are evaluated with
-        ``cost_fn.all_pairs``.
-      threshold: tolerance on the L1 marginal error. Rounding of the
-        exponents ``(f_i + g_j - C_ij) / epsilon`` puts a floor of the order
-        of ``u max|C| / epsilon`` under the reachable error (``u`` the unit
+      cost_fn: an ``ott.geometry.costs.CostFn`` between points; default
+        ``SqEuclidean()``, which has a matrix-product fast path. Other costs
+        are evaluated with ``cost_fn.all_pairs``.
+      tol: tolerance on the L1 marginal error. Rounding of the exponents
+        ``(f_i + g_j - C_ij) / epsilon`` puts a floor of the order of
+        ``u max|C| / epsilon`` under the reachable error (``u`` the unit
         roundoff, ``6e-8`` in float32) when they are recomputed at every
-        pass (online mode): in float32 at ``epsilon = 1e-4 x`` the cost
+        pass (online storage): in float32 at ``epsilon = 1e-4 x`` the cost
         scale that floor is a few ``1e-3``, so such a solve stays finite but
-        may end with ``converged=False`` at ``threshold=1e-3``. The cached
-        kernel (see ``block_size``) rounds once per build and reaches lower
-        errors; float64 is the safe choice there.
-      max_iterations: iteration budget (annealing iterations included); also
-        the length of ``errors``.
-      min_iterations: iterations run before convergence is tested.
-      initializer: the potentials the iterations start from. ``"gaussian"``
-        (squared Euclidean cost only): those of the entropic problem between
-        the Gaussians fitted to ``(x, a)`` and ``(y, b)``, in closed form
-        (Janati et al. 2020; ott-jax's ``GaussianInitializer`` takes the
-        unregularised ones), at the cost of two ``d x d`` eigendecompositions.
-        Near-Gaussian clouds start close to the solution: in the benchmark
-        (``benchmarks/bench_sinkhorn.py``, n = 4096, d = 16,
-        ``epsilon = 0.1 x`` the mean cost) 2 iterations instead of 5.
-        ``"zero"``: ``f = epsilon log a``, zero but for the weights (as
-        ott-jax's default). ``"auto"`` (default): ``"gaussian"`` for the
-        squared Euclidean cost when ``d^3 <= n m``, else ``"zero"``. Either
-        way the first ``g`` is a lower bound of the c-transform of ``f``, so
-        that no exponent of the first pass is positive.
-      epsilon_scaling: ``"auto"`` (default): no annealing from the Gaussian
-        start, which already holds the large scales that annealing would
-        resolve, and ``1/2`` from the zero start. ``q`` in ``(0, 1)``:
-        anneal from about the cost's spread ``sigma`` (its standard
-        deviation under ``a ⊗ b``, which a constant added to the cost leaves
-        unchanged) down to ``epsilon``, one iteration per level (GeomLoss):
-        the levels are ``epsilon / q^L, ..., epsilon / q, epsilon`` with
-        ``L`` the nearest integer to
-        ``log(sigma / epsilon) / log(1 / q)``, or 0 when that is below 2
-        (``epsilon > q^2 sigma``: plain iterations converge in a handful
-        there, and a level costs an iteration and a kernel squaring), so that
-        a cached kernel passes from one level to the next by the integer
-        power ``1 / q`` when it is one (as for ``1/2``). ``None`` disables
-        it.
-      relaxation: ``"adaptive"`` (default: plain Sinkhorn while annealing;
-        at ``epsilon``, over-relaxation ``omega`` starting from the optimum
-        for a plain rate ``1 - 4 epsilon / s`` (plain without annealing
-        levels) and raised as the observed convergence rate requires), or a
-        fixed ``omega`` in ``(0, 2)`` (1 is plain Sinkhorn).
-      block_size: ``None`` materialises the ``[n, m]`` cost matrix once (and
-        its transpose) and caches the kernel ``exp((f + g - C) / epsilon)``
-        (stabilised scaling: a pass is a matrix-vector product); an int
-        recomputes the cost by blocks of ``block_size`` rows at every pass
-        (online mode, memory ``O((n + m) d + block_size max(n, m))``, no
-        cached kernel; an iteration is one pass over stripes of at most
-        ``block_size`` columns, narrower when that keeps a stripe near
-        ``2^21`` entries); ``"auto"`` (default) is dense for small problems and
-        online with blocks of about ``2^20`` entries above ``2^16`` entries
-        for the squared Euclidean cost (whose blocks are one matrix product,
-        of at least 64 rows) or ``2^24`` for other costs, and with the
-        squared Euclidean cost it still caches the kernel up to ``2^25``
-        entries (128 MB in float32) per problem. The kernel is not cached with
-        ``differentiation="unroll"``. Under ``vmap`` each problem has its
-        own kernel: use an int ``block_size`` for large batches.
-      differentiation: how gradients flow through the solution:
-        ``"envelope"`` (default): ``reg_cost`` is differentiated w.r.t. ``x,
-        y, a, b, epsilon`` with the potentials held fixed (Danskin's
-        theorem; exact at the optimum, costs one pass); differentiating
-        anything that depends on the potentials raises a ``ValueError``.
-        ``"implicit"``: the potentials are differentiated by the implicit
-        function theorem (a linear solve, conjugate gradients or a direct
-        solve for ``m <= 1024`` in dense mode), so are ``transport_cost`` and
-        plans. ``"unroll"``: backpropagation through the iterations (runs
-        ``max_iterations`` iterations, the state frozen after convergence;
-        memory ``O((n + m) max_iterations)``), for comparison.
-      fixed_iterations: run exactly ``max_iterations`` iterations (a ``scan``)
-        instead of stopping at ``threshold``: predictable cost, and under
-        ``vmap`` a batch no longer runs at its slowest member's pace;
-        ``converged`` still reports the final error against ``threshold``.
-      axis_name: inside ``shard_map``/``pmap`` with the points of ``x`` (and
-        ``a``) split along this axis and ``y``, ``b`` replicated: reductions
-        over ``x`` use ``psum``/``pmax``, so the result equals the
-        single-device one (``f`` is returned per shard).
-      validate: run the value checks (finite points, non-negative weights
-        with a positive sum, positive epsilon) on eager calls.
+        may end with ``converged=False`` at ``tol=1e-3``. The cached kernel
+        rounds once per build and reaches lower errors; float64 is the safe
+        choice there.
+      f_init: ``[n]`` a warm start: the first potential of a previous
+        solution (this problem's gauge and ``epsilon`` need not match, e.g.
+        a solution at a larger ``epsilon``). No gradient flows through it.
+      g_init: ``[m]`` the second potential of that solution (optional, with
+        ``f_init``): the first ``g`` is at most it and at most the
+        c-transform of ``f_init``, so that no exponent of the first pass is
+        positive.
+      config: a :class:`SinkhornConfig` (the solver's options: iteration
+        budget, start, annealing, relaxation, storage, differentiation).
+      axis_name: inside ``shard_map``/``pmap`` with the points of ``x`` (or the
+        rows of ``cost_matrix``) and ``a`` split along this axis and ``y``,
+        ``b`` replicated: reductions over ``x`` use ``psum``/``pmax``, so the
+        result equals the single-device one (``f`` is returned per shard).
+      validate: run the value checks (finite points or costs, non-negative
+        weights with a positive sum, positive epsilon) on eager calls.
+      **options: fields of :class:`SinkhornConfig` (``max_iter=100``, ...),
+        replacing those of ``config``.
 
     Returns:
-      A :class:`SinkhornOutput`. Potentials are gauge-fixed by
-      ``<a, f> = <b, g>``. A traced ``epsilon <= 0`` gives NaN values and
-      ``converged=False``; NaN inputs give ``converged=False``.
+      A :class:`SinkhornOutput`; its ``config`` holds the options as resolved.
+      Potentials are gauge-fixed by ``<a, f> = <b, g>``. A traced
+      ``epsilon <= 0`` gives NaN values and ``converged=False``; NaN inputs
+      give ``converged=False``.
 
     Raises:
-      TypeError: non-numeric inputs or options of the wrong type.
+      TypeError: non-numeric inputs, an unknown option, or options of the
+        wrong type.
       ValueError: bad ranks or shapes, dimensions of ``x`` and ``y`` differ,
-        unknown options; eagerly, negative or zero-sum weights, non-finite
-        points, ``epsilon <= 0``.
+        both points and a cost matrix, unknown option values; eagerly,
+        negative or zero-sum weights, non-finite points or costs,
+        ``epsilon <= 0``.
 
     References:
       Cuturi, NeurIPS 2013; Peyré & Cuturi, "Computational Optimal
@@ -1947,43 +2112,60 @@ def sinkhorn(
       (True, (64,), (48,))
       >>> round(float(out.transport_cost), 2)
       2.15
+      >>> out.config.storage, out.config.initializer
+      ('dense', 'gaussian')
+      >>> # The same problem as a cost matrix:
+      >>> c = ((x[:, None] - y[None]) ** 2).sum(-1)
+      >>> out2 = densax.ot.sinkhorn(cost_matrix=c, epsilon=0.1)
+      >>> round(float(out2.transport_cost), 2)
+      2.15
     """
-    cfg = _check_options(
-        initializer=initializer,
-        epsilon_scaling=epsilon_scaling,
-        relaxation=relaxation,
-        block_size=block_size,
-        differentiation=differentiation,
-        fixed_iterations=fixed_iterations,
-        max_iterations=max_iterations,
-        min_iterations=min_iterations,
+    config = _config(config, options)
+    x, y, cost, a, b, epsilon, tol, cost_fn, (n, m, d), batch = _check_inputs(
+        x, y, cost_matrix, a, b, epsilon, tol, cost_fn, config, axis_name, validate
+    )
+    init = None
+    if f_init is not None:
+        f_init = _validate.as_float(f_init, "f_init", ndim=1, dtype=a.dtype)
+        if f_init.shape != (n,):
+            raise ValueError(f"f_init must have shape ({n},), got {f_init.shape}")
+        if g_init is not None:
+            g_init = _validate.as_float(g_init, "g_init", ndim=1, dtype=a.dtype)
+            if g_init.shape != (m,):
+                raise ValueError(f"g_init must have shape ({m},), got {g_init.shape}")
+        init = (f_init, g_init)
+    elif g_init is not None:
+        raise ValueError("g_init needs f_init (the first update sets g from f)")
+    record, cfg = _resolve(
+        config,
+        cost_fn=cost_fn,
+        n=n,
+        m=m,
+        d=d,
+        matrix=cost is not None,
+        warm=init is not None,
         axis_name=axis_name,
+        batch_size=batch,
     )
-    x, y, a, b, epsilon, threshold, cost_fn, cfg = _check_inputs(
-        x, y, a, b, epsilon, threshold, cost_fn, cfg, validate
-    )
-    return _sinkhorn_core(x, y, a, b, epsilon, threshold, cost_fn, cfg)
+    return _sinkhorn_core(x, y, cost, a, b, epsilon, tol, init, cost_fn, cfg, record)
 
 
 def sinkhorn_divergence(
-    x: Any,
-    y: Any,
+    x: Any = None,
+    y: Any = None,
     *,
     a: Any = None,
     b: Any = None,
+    cost_matrix: Any = None,
+    cost_matrix_xx: Any = None,
+    cost_matrix_yy: Any = None,
     epsilon: Any = None,
     cost_fn: costs.CostFn | None = None,
-    threshold: float = 1e-3,
-    max_iterations: int = 2000,
-    min_iterations: int = 0,
-    initializer: str = "auto",
-    epsilon_scaling: float | str | None = "auto",
-    relaxation: float | str = "adaptive",
-    block_size: int | str | None = "auto",
-    differentiation: str = "envelope",
-    fixed_iterations: bool = False,
+    tol: float = 1e-3,
+    config: SinkhornConfig | None = None,
     axis_name: Any = None,
     validate: bool = True,
+    **options: Any,
 ) -> SinkhornDivergenceOutput:
     """Debiased Sinkhorn divergence ``OT(a, b) - OT(a, a) / 2 - OT(b, b) / 2``.
 
@@ -1997,40 +2179,51 @@ def sinkhorn_divergence(
     weak convergence; it interpolates between ``W_2^2`` (``epsilon -> 0``) and
     an MMD (``epsilon -> inf``).
 
+    This combines the three *regularised* costs, as ott-jax's
+    ``sinkhorn_divergence`` and GeomLoss do. POT's
+    ``empirical_sinkhorn_divergence`` combines the three *transport* costs
+    ``<P, C>`` instead and clips at 0, a different (not always positive
+    definite) quantity: the two differ by the entropic terms.
+
     The default ``differentiation="envelope"`` makes ``jax.grad`` cost about
     one pass per problem: the path to use when training a generator on the
-    divergence. Inside a jitted training loop, a fixed budget
-    (``fixed_iterations=True`` with ``max_iterations`` of a few dozen, or a
-    looser ``threshold``) keeps each step's cost predictable; check
-    ``converged`` in the output.
+    divergence. Inside a jitted training loop, a fixed budget (``min_iter =
+    max_iter`` of a few dozen, or a looser ``tol``) keeps each step's cost
+    predictable; check ``converged`` in the output.
 
     Args:
-      x: ``[n, d]`` source points.
-      y: ``[m, d]`` target points.
+      x: ``[n, d]`` source points (None with cost matrices).
+      y: ``[m, d]`` target points (None with cost matrices).
       a: ``[n]`` source weights (uniform by default), normalised.
       b: ``[m]`` target weights, likewise.
+      cost_matrix: ``[n, m]`` cost of the cross problem, instead of points.
+        Alone, it is the cost of all three problems: ``a`` and ``b`` are
+        histograms on one support (``n = m``), ``C`` symmetric with a zero
+        diagonal (a grid's cost); otherwise give the self-problems' costs too.
+      cost_matrix_xx: ``[n, n]`` cost between the source points.
+      cost_matrix_yy: ``[m, m]`` cost between the target points.
       epsilon: regularisation; default ``0.05 x`` the cost scale of the cross
         problem (see :func:`sinkhorn`).
-      cost_fn: ott-jax cost function (default squared Euclidean).
-      threshold: L1 marginal error tolerance of each of the three problems.
-      max_iterations: iteration budget of each problem.
-      min_iterations: see :func:`sinkhorn`.
-      initializer: see :func:`sinkhorn`; the self-problems start from the
-        entropic potentials between a cloud's Gaussian fit and itself.
-      epsilon_scaling: see :func:`sinkhorn`.
-      relaxation: see :func:`sinkhorn` (the self-problems need none).
-      block_size: see :func:`sinkhorn`.
-      differentiation: see :func:`sinkhorn`.
-      fixed_iterations: see :func:`sinkhorn`.
+      cost_fn: ott-jax cost function between points (default squared
+        Euclidean).
+      tol: L1 marginal error tolerance of each of the three problems.
+      config: a :class:`SinkhornConfig`, the options of all three problems
+        (the self-problems need no relaxation; the Gaussian start of a
+        self-problem is the entropic potential between a cloud's Gaussian
+        fit and itself).
       axis_name: with ``x``, ``a`` split over this axis (``shard_map``); the
-        self-problem of ``x`` gathers the points (``all_gather``).
+        self-problem of ``x`` gathers the points (``all_gather``). With cost
+        matrices, the rows of ``cost_matrix`` and ``cost_matrix_xx`` are
+        split (all three must be given).
       validate: eager value checks.
+      **options: fields of :class:`SinkhornConfig`, replacing ``config``'s.
 
     Returns:
       A :class:`SinkhornDivergenceOutput`.
 
     Raises:
-      TypeError, ValueError: as :func:`sinkhorn`.
+      TypeError, ValueError: as :func:`sinkhorn`, and cost matrices of the
+        wrong shapes or given partly.
 
     References:
       Feydy, Séjourné, Vialard, Amari, Trouvé & Peyré, "Interpolating between
@@ -2049,23 +2242,48 @@ def sinkhorn_divergence(
       >>> grad(x).shape
       (64, 2)
     """
-    cfg = _check_options(
-        initializer=initializer,
-        epsilon_scaling=epsilon_scaling,
-        relaxation=relaxation,
-        block_size=block_size,
-        differentiation=differentiation,
-        fixed_iterations=fixed_iterations,
-        max_iterations=max_iterations,
-        min_iterations=min_iterations,
-        axis_name=axis_name,
-    )
+    config = _config(config, options)
     if isinstance(x, pointcloud.PointCloud):
         raise TypeError("sinkhorn_divergence takes arrays x, y, not a PointCloud")
-    x, y, a, b, epsilon, threshold, cost_fn, cfg = _check_inputs(
-        x, y, a, b, epsilon, threshold, cost_fn, cfg, validate
+    selfs = (cost_matrix_xx, cost_matrix_yy)
+    if cost_matrix is None and any(c is not None for c in selfs):
+        raise ValueError("cost_matrix_xx and cost_matrix_yy need cost_matrix")
+    x, y, cost, a, b, epsilon, tol, cost_fn, (n, m, d), _ = _check_inputs(
+        x, y, cost_matrix, a, b, epsilon, tol, cost_fn, config, axis_name, validate
     )
-    return _divergence_core(x, y, a, b, epsilon, threshold, cost_fn, cfg)
+    costs3 = None
+    if cost is not None:
+        if all(c is None for c in selfs):
+            if n != m or axis_name is not None:
+                raise ValueError(
+                    "cost_matrix alone serves all three problems only for "
+                    f"histograms on one support (n = m) on one device, got "
+                    f"shape {cost.shape}; give cost_matrix_xx and cost_matrix_yy"
+                )
+            costs3 = (cost, cost, cost)
+        elif any(c is None for c in selfs):
+            raise ValueError("give both cost_matrix_xx and cost_matrix_yy, or neither")
+        else:
+            n_all = n if axis_name is None else None
+            c_xx = _check_matrix(cost_matrix_xx, "cost_matrix_xx", None, cost.dtype)
+            if c_xx.shape[0] != n or (n_all is not None and c_xx.shape[1] != n):
+                raise ValueError(
+                    f"cost_matrix_xx must have shape ({n}, {n}), got {c_xx.shape}"
+                )
+            c_yy = _check_matrix(cost_matrix_yy, "cost_matrix_yy", (m, m), cost.dtype)
+            _validate.check_finite(c_xx, "cost_matrix_xx", validate)
+            _validate.check_finite(c_yy, "cost_matrix_yy", validate)
+            costs3 = (cost, c_xx, c_yy)
+    record, cfg = _resolve(
+        config,
+        cost_fn=cost_fn,
+        n=n,
+        m=m,
+        d=d,
+        matrix=cost is not None,
+        axis_name=axis_name,
+    )
+    return _divergence_core(x, y, costs3, a, b, epsilon, tol, cost_fn, cfg, record)
 
 
 def _wasserstein_cost(p: float) -> costs.CostFn:
@@ -2076,7 +2294,7 @@ def _wasserstein_cost(p: float) -> costs.CostFn:
     return costs.EuclideanP(p)
 
 
-def wasserstein(
+def wasserstein_entropic(
     x: Any,
     y: Any,
     p: float = 2,
@@ -2084,7 +2302,11 @@ def wasserstein(
     a: Any = None,
     b: Any = None,
     epsilon: Any = None,
-    **kwargs: Any,
+    tol: float = 1e-3,
+    config: SinkhornConfig | None = None,
+    axis_name: Any = None,
+    validate: bool = True,
+    **options: Any,
 ) -> jax.Array:
     """Entropic estimate of the Wasserstein distance ``W_p(a, b)``.
 
@@ -2106,8 +2328,11 @@ def wasserstein(
       b: ``[m]`` target weights.
       epsilon: regularisation (on the scale of ``||x - y||^p``); default as in
         :func:`sinkhorn`.
-      **kwargs: any other option of :func:`sinkhorn_divergence` except
-        ``cost_fn``.
+      tol: L1 marginal error tolerance of each problem.
+      config: a :class:`SinkhornConfig`.
+      axis_name: see :func:`sinkhorn_divergence`.
+      validate: eager value checks.
+      **options: fields of :class:`SinkhornConfig`, replacing ``config``'s.
 
     Returns:
       A scalar, the estimate of ``W_p``.
@@ -2123,36 +2348,55 @@ def wasserstein(
       >>> import jax, densax
       >>> x = jax.random.normal(jax.random.key(0), (64, 2))
       >>> shifted = x + jax.numpy.array([3.0, 4.0])  # W_2 = |shift| = 5
-      >>> round(float(densax.ot.wasserstein(x, shifted, epsilon=0.1)), 2)
+      >>> round(float(densax.ot.wasserstein_entropic(x, shifted, epsilon=0.1)), 2)
       5.0
     """
     if isinstance(p, bool) or not isinstance(p, (int, float)):
         raise TypeError(f"p must be a number >= 1, got {type(p).__name__}")
     if not p >= 1:
         raise ValueError(f"p must be >= 1, got {p}")
-    if "cost_fn" in kwargs:
-        raise TypeError("wasserstein sets cost_fn from p; use sinkhorn_divergence")
     out = sinkhorn_divergence(
-        x, y, a=a, b=b, epsilon=epsilon, cost_fn=_wasserstein_cost(p), **kwargs
+        x,
+        y,
+        a=a,
+        b=b,
+        epsilon=epsilon,
+        cost_fn=_wasserstein_cost(p),
+        tol=tol,
+        config=config,
+        axis_name=axis_name,
+        validate=validate,
+        **options,
     )
     s = out.divergence
     positive = s > 0
     return jnp.where(positive, jnp.where(positive, s, 1.0) ** (1.0 / p), 0.0)
 
 
-def _check_result(result: SinkhornOutput, block_size) -> int | None:
+def _check_result(result: SinkhornOutput, storage, block_size) -> int | None:
+    """The rows per block of a pass over ``result``'s plan (None: dense)."""
     if isinstance(result, SinkhornDivergenceOutput):
         raise TypeError("pass the SinkhornOutput of a problem, e.g. result.xy")
     if not isinstance(result, SinkhornOutput):
         raise TypeError(f"result must be a SinkhornOutput, got {type(result).__name__}")
-    return _resolve_block(
-        block_size, result.x.shape[0], result.y.shape[0], result.cost_fn
+    matrix = result.cost_matrix is not None
+    n, m = result.f.shape[0], result.g.shape[0]
+    config = SinkhornConfig(storage=storage, block_size=block_size)
+    _, cfg = _resolve(
+        config, cost_fn=result.cost_fn, n=n, m=m, d=0 if matrix else 1, matrix=matrix
+    )
+    return cfg.block_size
+
+
+def _result_geom(result: SinkhornOutput, block_size, axis_name) -> _Geom:
+    return _make_geom(
+        result.cost_fn, result.x, result.y, block_size, axis_name, result.cost_matrix
     )
 
 
 @functools.partial(jax.jit, static_argnames=("block_size", "axis_name"))
 def _plan_core(result: SinkhornOutput, block_size, axis_name):
-    geom = _make_geom(result.cost_fn, result.x, result.y, block_size, axis_name)
+    geom = _result_geom(result, block_size, axis_name)
     return _row_pass(
         result.cost_fn,
         geom,
@@ -2168,7 +2412,7 @@ def _plan_core(result: SinkhornOutput, block_size, axis_name):
 
 @functools.partial(jax.jit, static_argnames=("transpose", "block_size", "axis_name"))
 def _apply_core(result: SinkhornOutput, mat, transpose, block_size, axis_name):
-    geom = _make_geom(result.cost_fn, result.x, result.y, block_size, axis_name)
+    geom = _result_geom(result, block_size, axis_name)
     return _apply(
         result.cost_fn,
         geom,
@@ -2183,31 +2427,38 @@ def _apply_core(result: SinkhornOutput, mat, transpose, block_size, axis_name):
 
 
 def transport_plan(
-    result: SinkhornOutput, *, block_size: int | None = None, axis_name: Any = None
+    result: SinkhornOutput,
+    *,
+    storage: str = "dense",
+    block_size: int | None = None,
+    axis_name: Any = None,
 ) -> jax.Array:
     """Materialises the entropic plan ``P_ij = exp((f_i + g_j - C_ij) / eps)``.
 
     Args:
-      result: the output of :func:`sinkhorn`.
-      block_size: build ``P`` by blocks of rows (same values; caps the
-        temporary memory of the cost at ``O(block_size m)``).
+      result: the output of :func:`sinkhorn` (points or a cost matrix).
+      storage: ``"dense"`` (default) forms the cost matrix at once;
+        ``"online"`` builds ``P`` by blocks of rows (same values; caps the
+        temporary memory of the cost at ``O(block_size m)``); ``"auto"`` as
+        in :class:`SinkhornConfig`. A cost-matrix result is always dense.
+      block_size: rows per block when online (None: automatic).
       axis_name: for a result computed with ``x`` sharded, the rows of the
         local shard.
 
     Returns:
       ``[n, m]`` plan, its rows sum to ``a`` and columns to ``b`` (within the
-      solver's threshold).
+      solver's tolerance).
 
     Example:
       >>> import jax, densax
       >>> x = jax.random.normal(jax.random.key(0), (64, 2))
       >>> y = jax.random.normal(jax.random.key(1), (48, 2)) + 1.0
-      >>> out = densax.ot.sinkhorn(x, y, epsilon=0.1, threshold=1e-6)
+      >>> out = densax.ot.sinkhorn(x, y, epsilon=0.1, tol=1e-6)
       >>> plan = densax.ot.transport_plan(out)
       >>> plan.shape, round(float(plan.sum()), 4)
       ((64, 48), 1.0)
     """
-    block_size = _check_result(result, block_size)
+    block_size = _check_result(result, storage, block_size)
     return _plan_core(result, block_size, axis_name)
 
 
@@ -2216,17 +2467,21 @@ def apply_plan(
     vec: Any,
     *,
     transpose: bool = False,
-    block_size: int | str | None = "auto",
+    storage: str = "auto",
+    block_size: int | None = None,
     axis_name: Any = None,
 ) -> jax.Array:
-    """``P @ vec`` (or ``P^T @ vec``) without forming ``P`` when ``block_size``.
+    """``P @ vec`` (or ``P^T @ vec``) without forming ``P`` when online.
 
     Args:
-      result: the output of :func:`sinkhorn`.
+      result: the output of :func:`sinkhorn` (points or a cost matrix).
       vec: ``[m]`` or ``[m, k]`` (``[n]`` or ``[n, k]`` with ``transpose``).
       transpose: apply ``P^T`` instead of ``P``.
-      block_size: compute by blocks of ``block_size`` rows (memory
-        ``O(block_size max(n, m))``); ``None`` forms the dense cost.
+      storage: ``"online"`` computes by blocks of ``block_size`` rows (memory
+        ``O(block_size max(n, m))``); ``"dense"`` forms the dense cost;
+        ``"auto"`` (default) as in :class:`SinkhornConfig`. A cost-matrix
+        result is always dense.
+      block_size: rows per block when online (None: automatic).
       axis_name: for a result computed with ``x`` sharded along this axis
         (``P^T @ vec`` then sums over all shards).
 
@@ -2243,7 +2498,7 @@ def apply_plan(
       >>> t.shape
       (64, 2)
     """
-    block_size = _check_result(result, block_size)
+    block_size = _check_result(result, storage, block_size)
     if not isinstance(transpose, bool):
         raise TypeError(f"transpose must be a bool, got {type(transpose).__name__}")
     n, m = result.f.shape[0], result.g.shape[0]
@@ -2259,12 +2514,22 @@ def apply_plan(
     return out if vec.ndim == 2 else out[:, 0]
 
 
+def _uniform(w: jax.Array) -> bool:
+    """Whether ``w`` is concretely uniform (False for a tracer)."""
+    try:
+        return bool(jnp.all(w == w[0]))
+    except jax.errors.ConcretizationTypeError:
+        return False
+
+
 def to_ott(result: SinkhornOutput) -> Any:
     """The same solution as an ott-jax ``SinkhornOutput``.
 
-    It carries a ``PointCloud`` geometry and a ``LinearProblem``, so ott-jax's
-    tools apply: ``.matrix``, ``.apply``, ``.transport_cost_at_geom``,
-    ``.to_dual_potentials()`` (entropic potentials and maps out of sample).
+    It carries a ``PointCloud`` geometry (a ``Geometry`` for a cost matrix)
+    and a ``LinearProblem``, so ott-jax's tools apply: ``.matrix``,
+    ``.apply``, ``.transport_cost_at_geom``, ``.to_dual_potentials()``
+    (entropic potentials and maps out of sample). Uniform weights are passed
+    as ``None``, so that ott-jax recognises a uniform problem.
 
     Args:
       result: the output of :func:`sinkhorn` (single device).
@@ -2280,16 +2545,22 @@ def to_ott(result: SinkhornOutput) -> Any:
       >>> out.matrix.shape
       (64, 48)
     """
+    from ott.geometry import geometry
     from ott.problems.linear import linear_problem
     from ott.solvers.linear import sinkhorn as ott_sinkhorn
 
-    geom = pointcloud.PointCloud(
-        result.x, result.y, cost_fn=result.cost_fn, epsilon=result.epsilon
-    )
-    prob = linear_problem.LinearProblem(geom, a=result.a, b=result.b)
+    if result.cost_matrix is not None:
+        geom = geometry.Geometry(cost_matrix=result.cost_matrix, epsilon=result.epsilon)
+    else:
+        geom = pointcloud.PointCloud(
+            result.x, result.y, cost_fn=result.cost_fn, epsilon=result.epsilon
+        )
+    a = None if _uniform(result.a) else result.a
+    b = None if _uniform(result.b) else result.b
+    prob = linear_problem.LinearProblem(geom, a=a, b=b)
     return ott_sinkhorn.SinkhornOutput(
         potentials=(result.f, result.g),
-        errors=result.errors[:, None],
+        errors=jnp.where(jnp.isnan(result.trace), -1.0, result.trace)[:, None],
         reg_ot_cost=result.reg_cost,
         ot_prob=prob,
         converged=result.converged,
