@@ -26,7 +26,7 @@ alpha_1`` is the least noisy level, ``schedule.alpha_bars[T-1]`` the noisiest.
 
 ``densax.generative.train(key, x, method="ddpm")`` trains a
 :class:`~densax.generative.models.Denoiser` through the shared training loop
-and ``densax.generative.sample(result, key, n, sampler="ddim",
+and ``densax.generative.sample(key, result, n, sampler="ddim",
 num_steps=50)`` samples from it.
 
 References:

@@ -112,7 +112,11 @@ class Method(NamedTuple):
       horizon of learning-rate schedules);
     * ``step`` is described in the module docstring;
     * ``sample(model, options, key, n, dtype, **kwargs)`` draws ``[n,
-      features]`` samples, jittable in ``key``.
+      features]`` samples, jittable in ``key``;
+    * ``prepare(networks, data)``, optional, initialises the fresh networks
+      from the ``[n, d]`` training data in place, before training (e.g. a
+      flow's :class:`~densax.generative.flows.ActNorm` set to the data's mean
+      and scale); deterministic, so resuming rebuilds the same start.
     """
 
     options: type  # frozen dataclass of the method's options, with defaults
@@ -121,6 +125,7 @@ class Method(NamedTuple):
     step: Callable[..., tuple[Any, Any, dict[str, jax.Array]]]
     sample: Callable[..., jax.Array]
     batch_size: int  # the default global batch size
+    prepare: Callable[[dict[str, nnx.Module], jax.Array], None] | None = None
 
 
 def cosine_decay(learning_rate: float, horizon: Any) -> optax.Schedule:
