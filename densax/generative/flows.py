@@ -62,7 +62,7 @@ from flax import nnx
 
 from densax import _validate
 from densax.generative.losses import batch_mean
-from densax.generative.method import Method, StepContext, adam
+from densax.generative.method import LATENTS, Method, StepContext, adam, draw_latent
 from densax.generative.models import MLP, check_widths, get_activation
 
 __all__ = [
@@ -82,7 +82,7 @@ __all__ = [
     "sample",
 ]
 
-BASES = ("normal", "uniform")
+BASES = LATENTS
 
 
 def base_log_prob(z: jax.Array, base: str) -> jax.Array:
@@ -94,17 +94,10 @@ def base_log_prob(z: jax.Array, base: str) -> jax.Array:
     return jnp.where(inside, 0.0, -jnp.inf).astype(z.dtype)
 
 
-def _base_sample(key: jax.Array, base: str, shape: tuple, dtype: Any) -> jax.Array:
-    if base == "normal":
-        return jax.random.normal(key, shape, dtype)
-    tiny = jnp.finfo(dtype).tiny
-    return jax.random.uniform(key, shape, dtype, minval=tiny, maxval=1.0)
-
-
 def _zero_last(net: MLP) -> MLP:
     """The conditioner's last layer starts at zero: each coupling starts at ``id``."""
     last = net.layers[-1]
-    last.kernel.value = jnp.zeros_like(last.kernel.value)
+    last.kernel[...] = jnp.zeros_like(last.kernel[...])
     return net
 
 
@@ -375,15 +368,15 @@ class LULinear(nnx.Module):
 
     def _factors(self):
         d = self.log_diag.shape[0]
-        lower = jnp.tril(self.lower.value, -1) + jnp.eye(d, dtype=self.lower.dtype)
-        upper = jnp.triu(self.upper.value, 1) + jnp.diag(jnp.exp(self.log_diag.value))
+        lower = jnp.tril(self.lower[...], -1) + jnp.eye(d, dtype=self.lower.dtype)
+        upper = jnp.triu(self.upper[...], 1) + jnp.diag(jnp.exp(self.log_diag[...]))
         return lower, upper
 
     def forward(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``(y [n, d], log|det dy/dx| [n])``."""
         lower, upper = self._factors()
         y = (x @ upper.T @ lower.T)[..., ::-1]
-        return y, jnp.broadcast_to(jnp.sum(self.log_diag.value), x.shape[:-1])
+        return y, jnp.broadcast_to(jnp.sum(self.log_diag[...]), x.shape[:-1])
 
     def inverse(self, y: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``(x [n, d], log|det dx/dy| [n])``."""
@@ -391,7 +384,7 @@ class LULinear(nnx.Module):
         v = y[..., ::-1].T
         u = jax.scipy.linalg.solve_triangular(lower, v, lower=True, unit_diagonal=True)
         x = jax.scipy.linalg.solve_triangular(upper, u, lower=False).T
-        return x, jnp.broadcast_to(-jnp.sum(self.log_diag.value), y.shape[:-1])
+        return x, jnp.broadcast_to(-jnp.sum(self.log_diag[...]), y.shape[:-1])
 
 
 class ActNorm(nnx.Module):
@@ -419,18 +412,18 @@ class ActNorm(nnx.Module):
         """Sets ``loc`` and ``log_scale`` to the mean and std of ``x: [n, d]``."""
         x = jnp.asarray(x, self.loc.dtype)
         std = jnp.std(x, axis=0)
-        self.loc.value = jnp.mean(x, axis=0)
-        self.log_scale.value = jnp.log(jnp.where(std > 0, std, 1.0))
+        self.loc[...] = jnp.mean(x, axis=0)
+        self.log_scale[...] = jnp.log(jnp.where(std > 0, std, 1.0))
 
     def forward(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``(y [n, d], log|det dy/dx| [n])``."""
-        y = x * jnp.exp(self.log_scale.value) + self.loc.value
-        return y, jnp.broadcast_to(jnp.sum(self.log_scale.value), x.shape[:-1])
+        y = x * jnp.exp(self.log_scale[...]) + self.loc[...]
+        return y, jnp.broadcast_to(jnp.sum(self.log_scale[...]), x.shape[:-1])
 
     def inverse(self, y: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``(x [n, d], log|det dx/dy| [n])``."""
-        x = (y - self.loc.value) * jnp.exp(-self.log_scale.value)
-        return x, jnp.broadcast_to(-jnp.sum(self.log_scale.value), y.shape[:-1])
+        x = (y - self.loc[...]) * jnp.exp(-self.log_scale[...])
+        return x, jnp.broadcast_to(-jnp.sum(self.log_scale[...]), y.shape[:-1])
 
 
 class Logit(nnx.Module):
@@ -570,7 +563,8 @@ class Flow(nnx.Module):
             x, ld = block.inverse(x) if inverse else block.forward(x)
             return (x, total + ld), None
 
-        start = (x, jnp.zeros(x.shape[:-1], x.dtype))
+        # zeros_like(x): the carry is device-varying like x under shard_map.
+        start = (x, jnp.zeros_like(x[..., 0]))
         (x, total), _ = jax.lax.scan(body, start, state, reverse=inverse)
         return x, total
 
@@ -601,7 +595,7 @@ class Flow(nnx.Module):
     def generate(self, key: jax.Array, n: int, dtype: Any = None) -> jax.Array:
         """[n, d] samples ``f(z)``, ``z`` drawn from the base."""
         dtype = self.norm.loc.dtype if dtype is None else dtype
-        z = _base_sample(key, self.base, (n, self.features), dtype)
+        z = draw_latent(key, self.base, (n, self.features), dtype)
         return self.forward(z)[0]
 
 
