@@ -57,6 +57,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -194,8 +195,9 @@ def rational_quadratic_spline(
 
     ``K`` bins; their widths and heights are ``softmax`` of the unconstrained
     ``widths``/``heights`` (at least ``min_size`` of the interval each), the
-    ``K - 1`` interior knot derivatives ``softplus(derivatives) +
-    min_derivative``, the two boundary derivatives 1 (so the map and its
+    ``K - 1`` interior knot derivatives ``softplus(derivatives + c) +
+    min_derivative`` (``c`` such that zero parameters give the identity), the
+    two boundary derivatives 1 (so the map and its
     derivative are continuous at ``+-bound``). Elementwise: every array has
     the leading shape of ``x``.
 
@@ -223,11 +225,17 @@ def rational_quadratic_spline(
       ([-5.0, 0.3, 1.0], True)
     """
     dtype = x.dtype
+    # Zero parameters give unit derivatives: with equal bins, the identity.
+    shift = np.log(np.expm1(1.0 - min_derivative))
     w, xk = _knots(widths.astype(dtype), bound, min_size)
     h, yk = _knots(heights.astype(dtype), bound, min_size)
     ones = jnp.ones_like(derivatives[..., :1], dtype)
     d = jnp.concatenate(
-        [ones, jax.nn.softplus(derivatives.astype(dtype)) + min_derivative, ones],
+        [
+            ones,
+            jax.nn.softplus(derivatives.astype(dtype) + shift) + min_derivative,
+            ones,
+        ],
         axis=-1,
     )
     inside = (x > -bound) & (x < bound)
