@@ -566,9 +566,9 @@ def ode_log_prob(
     the trace is exact by ``jax.jacfwd`` (``d`` JVPs per point and
     evaluation) for ``trace="exact"``, estimated by Hutchinson's ``v^T J v``
     with ``n_probes`` Rademacher vectors per point, fixed along the path
-    (FFJORD), for ``"hutchinson"`` (unbiased for the log-density only to
-    first order: the estimate is unbiased for ``div f`` at every step, so for
-    the integral); ``"auto"`` is exact up to ``d = 16``.
+    (FFJORD), for ``"hutchinson"``: unbiased, since the path ``x(s)`` does
+    not depend on the probes and the integral is linear in ``v^T J v``;
+    ``"auto"`` is exact up to ``d = 16``.
 
     Costs ``4 num_steps`` (RK4) or ``2 num_steps`` (Heun) denoiser
     evaluations with their traces. Jit it with the denoiser closed over.

@@ -670,7 +670,7 @@ def _check_model(model: Any) -> FlowDensity:
     return model
 
 
-def log_prob(model: FlowDensity, x: Any) -> jax.Array:
+def log_prob(model: FlowDensity, x: Any, *, validate: bool = True) -> jax.Array:
     """Log-density of a flow by the change of variables.
 
     ``log p(x) = log p_Z(z) + log |det dz/dx|`` with ``z = f^{-1}(x)``, the
@@ -679,6 +679,7 @@ def log_prob(model: FlowDensity, x: Any) -> jax.Array:
     Args:
       model: a :class:`FlowDensity`.
       x: [n, d] points.
+      validate: check eagerly that ``x`` is finite.
 
     Returns:
       [n] log-densities in nats, in the parameters' dtype (``-inf`` outside
@@ -693,6 +694,7 @@ def log_prob(model: FlowDensity, x: Any) -> jax.Array:
     model = _check_model(model)
     dtype = jax.tree.leaves(model.params)[0].dtype
     x = _validate.as_float(x, "x", ndim=2, dtype=dtype)
+    _validate.check_finite(x, "x", validate)
     if x.shape[1] != model.features:
         raise ValueError(
             f"x has {x.shape[1]} features but the flow models {model.features}"
