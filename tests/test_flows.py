@@ -20,6 +20,7 @@ from densax.generative import (
     diffusion,
     flows,
     gans,
+    sample,
     train,
 )
 from densax.generative.method import draw_latent
@@ -215,6 +216,8 @@ def test_flow_trains_and_its_density_is_the_module(base_run, data):
     )
     with pytest.raises(ValueError, match="flow"):
         density(base_run._replace(method="ddpm"))
+    # The generic sampler of train() results draws from the flow too.
+    assert sample(jax.random.key(0), base_run, 5).shape == (5, 2)
 
 
 def test_flow_fitted_to_a_gaussian_recovers_its_log_density(data):
