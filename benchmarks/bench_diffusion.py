@@ -245,10 +245,10 @@ def main():
     if total > 100:
         samplers.insert(1, ("ddim 100 steps", dict(sampler="ddim", num_steps=100)))
     for label, opts in samplers:
-        fn = lambda k, opts=opts: sample(result, k, n, **opts)
+        fn = lambda k, opts=opts: sample(k, result, n, **opts)
         timing = time_fn(fn, jax.random.key(3), repeat=1 if quick else 3)
         ratio = sw2_ratio(
-            lambda k, opts=opts: sample(result, k, N_EVAL, **opts),
+            lambda k, opts=opts: sample(k, result, N_EVAL, **opts),
             datasets.eight_gaussians,
             floors["eight_gaussians"],
             jax.random.key(4),
@@ -285,7 +285,7 @@ def main():
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             acc = {
                 "sw2_over_floor": sw2_ratio(
-                    lambda k, model=model: sample(model, k, N_EVAL),
+                    lambda k, model=model: sample(k, model, N_EVAL),
                     fn,
                     floors[name],
                     jax.random.key(1000 + seed),
@@ -294,7 +294,7 @@ def main():
             }
             if name == "eight_gaussians":
                 cov = metrics.mode_coverage(
-                    sample(model, jax.random.key(7), N_EVAL if quick else 2000),
+                    sample(jax.random.key(7), model, N_EVAL if quick else 2000),
                     modes.centres,
                     modes.std,
                 )

@@ -57,12 +57,12 @@ def quality(result, floor, key, n_draws=4, n_cover=2000):
     one compilation).
     """
     k_cov, k_sw = jax.random.split(key)
-    x = sample(result, k_cov, n_cover)
+    x = sample(k_cov, result, n_cover)
     cov = metrics.mode_coverage(x, MODES.centres, MODES.std)
     sw = []
     for k in jax.random.split(k_sw, n_draws):
         k_gen, k_true, k_proj = jax.random.split(k, 3)
-        gen = sample(result, k_gen, N_EVAL)
+        gen = sample(k_gen, result, N_EVAL)
         true = datasets.eight_gaussians(k_true, N_EVAL)
         sw.append(float(metrics.sw2(k_proj, gen, true)))
     return {

@@ -317,23 +317,23 @@ def test_ddpm_short_run_improves_the_metric(ddpm_run, moons):
     held_out = datasets.two_moons(jax.random.key(9), 512)
     k_sample, k_proj = jax.random.split(jax.random.key(4))
     before = diffusion.ddpm_sample(k_sample, untrained, schedule, 512, 2)
-    after = sample(ddpm_run, k_sample, 512)
+    after = sample(k_sample, ddpm_run, 512)
     sw_before = float(metrics.sw2(k_proj, before, held_out))
     sw_after = float(metrics.sw2(k_proj, after, held_out))
     assert sw_after < 0.5 * sw_before, (sw_before, sw_after)
 
 
 def test_ddpm_result_samplers(ddpm_run):
-    a = sample(ddpm_run, jax.random.key(2), 64)
-    b = sample(ddpm_run, jax.random.key(2), 64, sampler="ddim", num_steps=20)
+    a = sample(jax.random.key(2), ddpm_run, 64)
+    b = sample(jax.random.key(2), ddpm_run, 64, sampler="ddim", num_steps=20)
     assert a.shape == b.shape == (64, 2)
     np.testing.assert_array_equal(
-        b, sample(ddpm_run, jax.random.key(2), 64, sampler="ddim", num_steps=20)
+        b, sample(jax.random.key(2), ddpm_run, 64, sampler="ddim", num_steps=20)
     )
     with pytest.raises(ValueError, match="sampler must be one of"):
-        sample(ddpm_run, jax.random.key(2), 4, sampler="euler")
+        sample(jax.random.key(2), ddpm_run, 4, sampler="euler")
     with pytest.raises(ValueError, match="eta applies"):
-        sample(ddpm_run, jax.random.key(2), 4, eta=0.5)
+        sample(jax.random.key(2), ddpm_run, 4, eta=0.5)
 
 
 def test_ddpm_elbo_of_a_trained_model_beats_a_blurred_one(ddpm_run, moons):

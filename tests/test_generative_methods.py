@@ -47,10 +47,10 @@ def test_each_method_trains(runs, method, losses):
     assert set(result.history.losses) == losses
     assert all(np.all(np.isfinite(v)) for v in result.history.losses.values())
     assert (result.critic is None) == (method == "sinkhorn")
-    x = sample(result, jax.random.key(3), 5)
+    x = sample(jax.random.key(3), result, 5)
     assert x.shape == (5, 2) and bool(jnp.all(jnp.isfinite(x)))
     with pytest.raises(TypeError, match="no sampler options"):
-        sample(result, jax.random.key(3), 5, sampler="ddim")
+        sample(jax.random.key(3), result, 5, sampler="ddim")
 
 
 def test_wgan_clip_keeps_critic_weights_clipped(runs):
@@ -95,7 +95,7 @@ def test_short_sliced_run_improves_the_metric(sliced, data):
     held_out = datasets.eight_gaussians(jax.random.key(9), 512)
     k_z, k_proj = jax.random.split(jax.random.key(4))
     before = gans.sample_generator(untrained, sliced.options, k_z, 512, jnp.float32)
-    after = sample(sliced, k_z, 512)
+    after = sample(k_z, sliced, 512)
     sw_before = float(metrics.sw2(k_proj, before, held_out))
     sw_after = float(metrics.sw2(k_proj, after, held_out))
     assert sw_after < 0.5 * sw_before, (sw_before, sw_after)
@@ -130,7 +130,7 @@ def test_float64_training_keeps_the_dtype(data, x64):
         jax.random.key(1), x, method="sliced", num_steps=5, **dict(TINY, chunk_size=5)
     )
     assert all(w.dtype == jnp.float64 for w in jax.tree.leaves(result.state.params))
-    assert sample(result, jax.random.key(0), 3).dtype == jnp.float64
+    assert sample(jax.random.key(0), result, 3).dtype == jnp.float64
     assert result.history.losses["generator"].dtype == np.float64
 
 
@@ -175,7 +175,7 @@ def test_a_new_method_plugs_into_the_loop(data):
         result = train(
             jax.random.key(1), data + 3.0, method="moments", num_steps=100, **TINY
         )
-        mean = jnp.mean(sample(result, jax.random.key(2), 2000), axis=0)
+        mean = jnp.mean(sample(jax.random.key(2), result, 2000), axis=0)
     finally:
         del METHODS["moments"]
     assert result.finite and set(result.history.losses) == {"generator"}

@@ -209,15 +209,15 @@ def test_nan_data_rejected_eagerly(data):
 
 
 def test_sample_shapes_determinism_and_vmap(base):
-    a = sample(base, jax.random.key(5), 7)
+    a = sample(jax.random.key(5), base, 7)
     assert a.shape == (7, 2) and a.dtype == jnp.float32
-    np.testing.assert_array_equal(a, sample(base, jax.random.key(5), 7))
+    np.testing.assert_array_equal(a, sample(jax.random.key(5), base, 7))
     compiled = train_module._sample._cache_size()
-    sample(base, jax.random.key(6), 7)
+    sample(jax.random.key(6), base, 7)
     assert train_module._sample._cache_size() == compiled
     keys = jax.random.split(jax.random.key(5), 3)
-    batched = jax.vmap(lambda k: sample(base, k, 7))(keys)
-    np.testing.assert_allclose(batched[1], sample(base, keys[1], 7), rtol=1e-6)
+    batched = jax.vmap(lambda k: sample(k, base, 7))(keys)
+    np.testing.assert_allclose(batched[1], sample(keys[1], base, 7), rtol=1e-6)
 
 
 def test_progress_callback_and_verbose(data, capsys):

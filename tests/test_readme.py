@@ -31,6 +31,7 @@ MODULES = (
     "generative",
     "generative.losses",
     "generative.diffusion",
+    "generative.flows",
     "generative.checkpoint",
     "generative.models",
 )

@@ -3,12 +3,14 @@
 One entry point trains every method, one draws samples::
 
     result = densax.generative.train(key, x, method="wgan-gp", num_steps=3000)
-    samples = densax.generative.sample(result, key, 1000)
+    samples = densax.generative.sample(key, result, 1000)
 
 Modules: :mod:`~densax.generative.models` (MLP generator/critic, diffusion
 denoiser), :mod:`~densax.generative.losses` (pure GAN, WGAN and OT losses),
 :mod:`~densax.generative.gans` (the GAN-family methods and their options),
-:mod:`~densax.generative.diffusion` (DDPM: schedules, samplers, ELBO),
+:mod:`~densax.generative.diffusion` (DDPM: schedules, samplers, ELBO, ODE
+likelihood), :mod:`~densax.generative.flows` (normalizing flows: bijectors, a
+density model trained by maximum likelihood; ``density(result)``),
 :mod:`~densax.generative.training` (the shared training loop),
 :mod:`~densax.generative.checkpoint` (msgpack checkpoints) and
 :mod:`~densax.generative.method` (the interface a new method implements).
@@ -17,6 +19,7 @@ denoiser), :mod:`~densax.generative.losses` (pure GAN, WGAN and OT losses),
 from densax.generative import (
     checkpoint,
     diffusion,
+    flows,
     gans,
     losses,
     method,
@@ -24,6 +27,7 @@ from densax.generative import (
     training,
 )
 from densax.generative.diffusion import DDPMOptions
+from densax.generative.flows import Flow, FlowDensity, FlowOptions, density
 from densax.generative.gans import (
     GANOptions,
     GeneratorOptions,
@@ -49,6 +53,9 @@ __all__ = [
     "MLP",
     "DDPMOptions",
     "Denoiser",
+    "Flow",
+    "FlowDensity",
+    "FlowOptions",
     "GANOptions",
     "GeneratorOptions",
     "History",
@@ -62,7 +69,9 @@ __all__ = [
     "WGANClipOptions",
     "WGANGPOptions",
     "checkpoint",
+    "density",
     "diffusion",
+    "flows",
     "gans",
     "losses",
     "method",

@@ -23,10 +23,13 @@ alpha_1`` is the least noisy level, ``schedule.alpha_bars[T-1]`` the noisiest.
 * :func:`elbo`: the evidence lower bound in nats per point, for comparison
   with the held-out log-likelihood of density estimators (see its docstring
   for the decoder term of continuous data).
+* :func:`ode_log_prob`: the exact log-density of the probability-flow ODE
+  model (Song et al., 2021), by a fixed-step integrator, with the exact trace
+  of the Jacobian in low dimension and Hutchinson's estimator above.
 
 ``densax.generative.train(key, x, method="ddpm")`` trains a
 :class:`~densax.generative.models.Denoiser` through the shared training loop
-and ``densax.generative.sample(result, key, n, sampler="ddim",
+and ``densax.generative.sample(key, result, n, sampler="ddim",
 num_steps=50)`` samples from it.
 
 References:
@@ -58,12 +61,14 @@ __all__ = [
     "DDPMOptions",
     "METHODS",
     "Schedule",
+    "alpha_bar_at",
     "cosine_schedule",
     "ddim_sample",
     "ddpm_sample",
     "denoising_loss",
     "elbo",
     "linear_schedule",
+    "ode_log_prob",
     "q_sample",
     "schedule_of",
     "timesteps",
@@ -472,6 +477,175 @@ def elbo(key: jax.Array, denoiser: Denoise, x0: Any, schedule: Schedule) -> jax.
     a_T = abar[-1]
     prior_kl = 0.5 * jnp.sum((1 - a_T) + a_T * x0**2 - 1 - jnp.log1p(-a_T), axis=-1)
     return -(loss + constant + prior_kl)
+
+
+def alpha_bar_at(schedule: Schedule, t: Any) -> jax.Array:
+    """``abar`` at fractional timesteps: log-linear interpolation of the schedule.
+
+    The continuous-time process behind :func:`ode_log_prob`: ``log abar`` is
+    piecewise linear in ``t`` between the integer timesteps, where it equals
+    ``log schedule.alpha_bars[t]``.
+
+    Args:
+      schedule: the noise schedule.
+      t: [...] float timesteps in ``[0, T - 1]``.
+
+    Returns:
+      [...] ``abar(t)``.
+
+    Example:
+      >>> s = linear_schedule(1000)
+      >>> bool(jnp.allclose(alpha_bar_at(s, 3.0), s.alpha_bars[3]))
+      True
+    """
+    log_abar = jnp.log(schedule.alpha_bars)
+    grid = jnp.arange(log_abar.shape[0], dtype=log_abar.dtype)
+    return jnp.exp(jnp.interp(jnp.asarray(t, log_abar.dtype), grid, log_abar))
+
+
+def _trace_fn(denoiser: Denoise, x: jax.Array, t: jax.Array, probes):
+    """[n] trace of ``d eps_theta(x_i, t_i) / d x_i``: exact or Hutchinson."""
+    if probes is None:
+
+        def one(xi, ti):
+            jac = jax.jacfwd(lambda u: denoiser(u[None], ti[None])[0])(xi)
+            return jnp.trace(jac)
+
+        return jax.vmap(one)(x, t)
+
+    # The rows are independent (no batch statistics): one JVP per probe gives
+    # the rows' J v at once.
+    def quad(v):
+        jv = jax.jvp(lambda u: denoiser(u, t), (x,), (v,))[1]
+        return jnp.sum(v * jv, axis=-1)
+
+    return jnp.mean(jax.vmap(quad)(probes), axis=0)
+
+
+def ode_log_prob(
+    key: jax.Array,
+    denoiser: Denoise,
+    x0: Any,
+    schedule: Schedule,
+    *,
+    num_steps: int = 100,
+    solver: str = "rk4",
+    trace: str = "auto",
+    n_probes: int = 1,
+) -> jax.Array:
+    """Log-density of the probability-flow ODE model, in nats, for each point.
+
+    The DDPM's continuous-time process has ``log abar(t)`` piecewise linear
+    between the timesteps (:func:`alpha_bar_at`). In the variable ``s = -log
+    abar`` its probability-flow ODE (Song et al., 2021, eq. 13, for the VP
+    SDE with ``beta ds``) is
+
+        ``dx/ds = f(x, s) = -(x + score(x, s)) / 2``, ``score = -eps_theta(x,
+        t(s)) / sqrt(1 - exp(-s))``,
+
+    a deterministic map from ``N(0, I)`` at the last timestep to the first;
+    by the instantaneous change of variables (Chen et al., 2018)
+    ``log p_{s_0}(x(s_0)) = log N(x(s_T); 0, I) + int_{s_0}^{s_T} div f ds``.
+    Integrated by fixed steps (RK4 or Heun, one ``lax.scan``) on a grid
+    geometric in ``s`` (the noise level changes fastest at the start), from
+    ``x(s_0) = sqrt(abar_1) x_0``.
+
+    **What density.** ``s_0`` is the first timestep (``abar_1 = 1 -
+    beta_1``), where ``eps_theta`` is trained; the result is the log-density
+    of ``x_{s_0} / sqrt(abar_1)``, i.e. of the data plus ``N(0, sigma_1^2
+    I)`` noise with ``sigma_1^2 = beta_1 / (1 - beta_1)`` (std 0.01 for the
+    linear schedule), the blur of :func:`elbo`'s decoder, in nats per point.
+    With the exact denoiser of Gaussian data it equals the log-density of
+    ``N(mu, Sigma + sigma_1^2 I)`` up to the integrator's error (RK4 with
+    50 steps: 2e-5 nats on a 2D Gaussian) and the prior's: ``q(x_T) =
+    N(sqrt(abar_T) mu, abar_T Sigma + (1 - abar_T) I)`` is ``N(0, I)`` only up
+    to ``sqrt(abar_T) = 0.006`` (linear schedule), an error of about
+    ``sqrt(abar_T) mu . x_T`` nats, which the ELBO's prior term shares.
+
+    **Trace.** ``div f = -(d - tr(d eps_theta / dx) / sqrt(1 - exp(-s))) / 2``:
+    the trace is exact by ``jax.jacfwd`` (``d`` JVPs per point and
+    evaluation) for ``trace="exact"``, estimated by Hutchinson's ``v^T J v``
+    with ``n_probes`` Rademacher vectors per point, fixed along the path
+    (FFJORD), for ``"hutchinson"``: unbiased, since the path ``x(s)`` does
+    not depend on the probes and the integral is linear in ``v^T J v``;
+    ``"auto"`` is exact up to ``d = 16``.
+
+    Costs ``4 num_steps`` (RK4) or ``2 num_steps`` (Heun) denoiser
+    evaluations with their traces. Jit it with the denoiser closed over.
+
+    Args:
+      key: PRNG key (the Hutchinson probes; unused by the exact trace).
+      denoiser: ``(x_t [n, d], t [n]) -> eps [n, d]``, taking float
+        timesteps (the :class:`~densax.generative.models.Denoiser` does).
+      x0: [n, d] points.
+      schedule: the schedule the denoiser was trained with.
+      num_steps: integration steps.
+      solver: ``"rk4"`` or ``"heun"``.
+      trace: ``"auto"``, ``"exact"`` or ``"hutchinson"``.
+      n_probes: Hutchinson probes per point.
+
+    Returns:
+      [n] log-density of each point (average it for nats per point).
+
+    References:
+      Song et al., *Score-Based Generative Modeling through Stochastic
+      Differential Equations*, ICLR 2021, §4.3 and Appendix D.2. Chen et al.,
+      *Neural Ordinary Differential Equations*, 2018, Theorem 1. Grathwohl et
+      al., *FFJORD*, ICLR 2019 (Hutchinson's estimator).
+
+    Example:
+      >>> x0 = jnp.zeros((3, 2))
+      >>> lp = ode_log_prob(jax.random.key(0), lambda x, t: x, x0,
+      ...                   linear_schedule(100), num_steps=20)
+      >>> lp.shape
+      (3,)
+    """
+    x0 = _validate.as_float(x0, "x0", ndim=2)
+    num_steps = _validate.check_int(num_steps, "num_steps", minimum=1)
+    n_probes = _validate.check_int(n_probes, "n_probes", minimum=1)
+    _validate.check_choice(solver, "solver", ("rk4", "heun"))
+    _validate.check_choice(trace, "trace", ("auto", "exact", "hutchinson"))
+    dtype = x0.dtype
+    n, d = x0.shape
+    if trace == "auto":
+        trace = "exact" if d <= 16 else "hutchinson"
+    probes = None
+    if trace == "hutchinson":
+        probes = jax.random.rademacher(key, (n_probes, n, d), dtype)
+    # The grid in s = -log abar, geometric from the first to the last level.
+    s_levels = -np.log(np.asarray(schedule.alpha_bars, np.float64))
+    grid = np.geomspace(s_levels[0], s_levels[-1], num_steps + 1)
+    s_table = jnp.asarray(s_levels, dtype)
+    t_table = jnp.arange(s_levels.shape[0], dtype=dtype)
+
+    def velocity(x, s):
+        t = jnp.full((n,), jnp.interp(s, s_table, t_table))
+        sigma = jnp.sqrt(-jnp.expm1(-s))
+        eps = denoiser(x, t)
+        div = -0.5 * (d - _trace_fn(denoiser, x, t, probes) / sigma)
+        return -0.5 * (x - eps / sigma), div
+
+    def step(carry, interval):
+        x, total = carry
+        s, h = interval[0], interval[1] - interval[0]
+        if solver == "heun":
+            v1, g1 = velocity(x, s)
+            v2, g2 = velocity(x + h * v1, s + h)
+            return (x + h / 2 * (v1 + v2), total + h / 2 * (g1 + g2)), None
+        v1, g1 = velocity(x, s)
+        v2, g2 = velocity(x + h / 2 * v1, s + h / 2)
+        v3, g3 = velocity(x + h / 2 * v2, s + h / 2)
+        v4, g4 = velocity(x + h * v3, s + h)
+        x = x + h / 6 * (v1 + 2 * v2 + 2 * v3 + v4)
+        return (x, total + h / 6 * (g1 + 2 * g2 + 2 * g3 + g4)), None
+
+    grid = jnp.asarray(grid, dtype)
+    intervals = jnp.stack([grid[:-1], grid[1:]], axis=-1)
+    log_a0 = -grid[0]
+    start = (jnp.exp(0.5 * log_a0) * x0, jnp.zeros((n,), dtype))
+    (x_T, integral), _ = lax.scan(step, start, intervals)
+    prior = -0.5 * jnp.sum(x_T**2, axis=-1) - 0.5 * d * jnp.log(2 * jnp.pi)
+    return prior + integral + 0.5 * d * log_a0
 
 
 @dataclasses.dataclass(frozen=True)

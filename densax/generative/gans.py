@@ -12,7 +12,8 @@ Each method is a :class:`densax.generative.method.Method` run by
 =============  =========================================================
 
 Every generator is an :class:`~densax.generative.models.MLP` mapping ``z ~
-N(0, I_latent_dim)`` to data space; the adversarial methods add an MLP critic
+N(0, I_latent_dim)`` (or ``U(0, 1)^latent_dim`` with ``latent="uniform"``) to
+data space; the adversarial methods add an MLP critic
 ``x -> [1]`` (the discriminator's logit for ``"gan"``). The adversarial step
 first takes ``n_critic`` critic steps, each on a fresh data batch and fresh
 generated samples, then one generator step (Arjovsky et al., 2017,
@@ -64,7 +65,13 @@ from jax import lax
 
 from densax import _validate
 from densax.generative import losses
-from densax.generative.method import Method, StepContext, adam
+from densax.generative.method import (
+    LATENTS,
+    Method,
+    StepContext,
+    adam,
+    draw_latent,
+)
 from densax.generative.models import MLP, check_widths, get_activation
 
 __all__ = [
@@ -101,7 +108,9 @@ class GeneratorOptions:
     """Options of every generator ``z -> x`` (static, hashable).
 
     Attributes:
-      latent_dim: dimension of the latent ``z ~ N(0, I)``.
+      latent_dim: dimension of the latent ``z``.
+      latent: its distribution, ``"normal"`` (``N(0, I)``) or ``"uniform"``
+        (``U(0, 1)^latent_dim``).
       hidden: hidden widths of the generator MLP (their number is the depth).
       activation: activation name (see ``models.ACTIVATIONS``) or callable.
       learning_rate: Adam's (initial) step size.
@@ -112,6 +121,7 @@ class GeneratorOptions:
     """
 
     latent_dim: int = 2
+    latent: str = "normal"
     hidden: tuple[int, ...] = (128, 128, 128)
     activation: str | Callable = "relu"
     learning_rate: float = 1e-3
@@ -124,6 +134,7 @@ class GeneratorOptions:
         """Normalises ``hidden`` to a tuple and checks the values."""
         object.__setattr__(self, "hidden", check_widths(self.hidden))
         _check_count(self, "latent_dim")
+        _validate.check_choice(self.latent, "latent", LATENTS)
         check_widths(self.hidden)
         get_activation(self.activation)
         _check_positive(self, "learning_rate")
@@ -255,7 +266,8 @@ def _generator_only(options, features, dtype, rngs):
 
 
 def _generate(ctx: StepContext, params: Any, key: jax.Array) -> jax.Array:
-    return ctx.apply("generator", params, ctx.normal(key, ctx.options.latent_dim))
+    o = ctx.options
+    return ctx.apply("generator", params, ctx.latent(key, o.latent, o.latent_dim))
 
 
 def _scores(ctx: StepContext, params: Any, x: jax.Array) -> jax.Array:
@@ -409,12 +421,12 @@ def _sinkhorn(ctx, key, fake, real):
 
 
 def sample_generator(model, options, key, n, dtype, **sampler_options):
-    """``[n, d]`` samples ``G(z)``, ``z ~ N(0, I_latent_dim)``."""
+    """``[n, d]`` samples ``G(z)``, ``z`` from the latent (normal or uniform)."""
     if sampler_options:
         raise TypeError(
             f"generators take no sampler options, got {', '.join(sampler_options)}"
         )
-    return model(jax.random.normal(key, (n, options.latent_dim), dtype))
+    return model(draw_latent(key, options.latent, (n, options.latent_dim), dtype))
 
 
 METHODS: dict[str, Method] = {

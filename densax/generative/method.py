@@ -32,7 +32,28 @@ import optax
 from flax import nnx
 from jax import lax
 
-__all__ = ["Method", "StepContext"]
+__all__ = ["LATENTS", "Method", "StepContext", "draw_latent"]
+
+LATENTS = ("normal", "uniform")
+
+
+def draw_latent(key: jax.Array, kind: str, shape: tuple, dtype: Any) -> jax.Array:
+    """A latent draw: ``"normal"`` (``N(0, I)``) or ``"uniform"`` (``U(0, 1)``).
+
+    The uniform draw lies in the open interval ``(0, 1)`` (from the smallest
+    positive float), so that a logit maps it to finite values.
+
+    Example:
+      >>> z = draw_latent(jax.random.key(0), "uniform", (1000, 2), jnp.float32)
+      >>> bool((z > 0).all() and (z < 1).all())
+      True
+    """
+    if kind == "normal":
+        return jax.random.normal(key, shape, dtype)
+    if kind == "uniform":
+        tiny = jnp.finfo(dtype).tiny
+        return jax.random.uniform(key, shape, dtype, minval=tiny, maxval=1.0)
+    raise ValueError(f"latent must be one of {LATENTS}, got {kind!r}")
 
 
 class StepContext(NamedTuple):
@@ -71,6 +92,14 @@ class StepContext(NamedTuple):
         """This device's rows of a global ``[B, features]`` standard normal draw."""
         z = jax.random.normal(key, (self.batch_size, features), self.data.dtype)
         return self.local(z)
+
+    def latent(self, key: jax.Array, kind: str, features: int) -> jax.Array:
+        """This device's rows of a global ``[B, features]`` latent draw.
+
+        ``kind`` is ``"normal"`` or ``"uniform"`` (:func:`draw_latent`).
+        """
+        shape = (self.batch_size, features)
+        return self.local(draw_latent(key, kind, shape, self.data.dtype))
 
     def uniform(self, key: jax.Array) -> jax.Array:
         """This device's entries of a global ``[B]`` uniform draw on ``[0, 1)``."""
@@ -112,7 +141,11 @@ class Method(NamedTuple):
       horizon of learning-rate schedules);
     * ``step`` is described in the module docstring;
     * ``sample(model, options, key, n, dtype, **kwargs)`` draws ``[n,
-      features]`` samples, jittable in ``key``.
+      features]`` samples, jittable in ``key``;
+    * ``prepare(networks, data)``, optional, initialises the fresh networks
+      from the ``[n, d]`` training data in place, before training (e.g. a
+      flow's :class:`~densax.generative.flows.ActNorm` set to the data's mean
+      and scale); deterministic, so resuming rebuilds the same start.
     """
 
     options: type  # frozen dataclass of the method's options, with defaults
@@ -121,6 +154,7 @@ class Method(NamedTuple):
     step: Callable[..., tuple[Any, Any, dict[str, jax.Array]]]
     sample: Callable[..., jax.Array]
     batch_size: int  # the default global batch size
+    prepare: Callable[[dict[str, nnx.Module], jax.Array], None] | None = None
 
 
 def cosine_decay(learning_rate: float, horizon: Any) -> optax.Schedule:

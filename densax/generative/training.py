@@ -52,7 +52,7 @@ from jax.sharding import PartitionSpec as P
 
 from densax import _validate, metrics
 from densax.generative import checkpoint as ckpt
-from densax.generative import diffusion, gans
+from densax.generative import diffusion, flows, gans
 from densax.generative.method import Method, StepContext, all_finite
 
 __all__ = [
@@ -65,7 +65,7 @@ __all__ = [
     "train",
 ]
 
-METHODS: dict[str, Method] = {**gans.METHODS, **diffusion.METHODS}
+METHODS: dict[str, Method] = {**gans.METHODS, **diffusion.METHODS, **flows.METHODS}
 
 
 class TrainState(NamedTuple):
@@ -101,7 +101,7 @@ class Progress(NamedTuple):
 class TrainResult(NamedTuple):
     """The outcome of :func:`train`."""
 
-    generator: nnx.Module  # z -> x, or for "ddpm" the denoiser (x_t, t) -> eps
+    generator: nnx.Module  # z -> x; "ddpm": denoiser (x_t, t) -> eps; "flow": Flow
     critic: nnx.Module | None  # the critic/discriminator x -> [1], or None
     state: TrainState  # final parameters, optimiser states, step and key
     history: History  # losses per step, metric and throughput per chunk
@@ -241,6 +241,8 @@ def _as_key(key: Any) -> jax.Array:
 def _initial_state(spec: Method, opts: Any, data: jax.Array, num_steps: int, key):
     """The networks' graph definitions and the state before step 0."""
     nets = spec.networks(opts, data.shape[1], data.dtype, nnx.Rngs(key))
+    if spec.prepare is not None:
+        spec.prepare(nets, data)
     split = {name: nnx.split(net, nnx.Param) for name, net in nets.items()}
     graphdefs = {name: g for name, (g, _) in split.items()}
     params = {name: nnx.to_pure_dict(s) for name, (_, s) in split.items()}
@@ -315,7 +317,8 @@ def train(
         evaluation noise all derive from it.
       data: [n, d] training data.
       method: one of ``"gan"``, ``"wgan-clip"``, ``"wgan-gp"``, ``"sliced"``,
-        ``"sinkhorn"``, ``"ddpm"``.
+        ``"sinkhorn"``, ``"ddpm"``, ``"flow"`` (maximum likelihood; its
+        density model is :func:`densax.generative.density` of the result).
       num_steps: total generator (or denoiser) steps; when resuming, the
         steps already in the checkpoint count.
       batch_size: global batch size (divisible by the number of devices in
@@ -498,7 +501,7 @@ def _sample(params, key, *, method, options, graphdef, n, sampler_options):
 
 
 def sample(
-    result: TrainResult, key: jax.Array, n: int, **sampler_options: Any
+    key: jax.Array, result: TrainResult, n: int, **sampler_options: Any
 ) -> jax.Array:
     """Draws ``n`` samples from a trained model.
 
@@ -506,8 +509,8 @@ def sample(
     ``key``.
 
     Args:
-      result: the output of :func:`train`.
       key: PRNG key.
+      result: the output of :func:`train`.
       n: number of samples.
       **sampler_options: method-specific options; for ``"ddpm"``:
         ``sampler="ddpm" | "ddim"``, ``num_steps``, ``eta`` (see
@@ -524,7 +527,7 @@ def sample(
       >>> res = generative.train(jax.random.key(1), x, method="sliced",
       ...                        num_steps=20, batch_size=64, chunk_size=10,
       ...                        hidden=(32, 32))
-      >>> generative.sample(res, jax.random.key(2), 7).shape
+      >>> generative.sample(jax.random.key(2), res, 7).shape
       (7, 2)
     """
     n = _validate.check_int(n, "n", minimum=1)
