@@ -90,10 +90,6 @@ def test_two_processes_match_one(runs):
 
 
 def test_two_processes_generative_train(runs):
-    if "train_error" in runs["p0"]:
-        # densax.generative.training._home device_puts the mesh-replicated
-        # state onto the data's single device: a cross-host transfer, which
-        # the CPU backend refuses, when the mesh spans several processes.
-        pytest.xfail(str(runs["p0"]["train_error"]))
+    assert "train_error" not in runs["p0"], runs["p0"].get("train_error")
     # float32 networks, 6 steps (as tests/test_generative_train.py).
     _check(runs, "train_", rtol=1e-5, atol=1e-5)

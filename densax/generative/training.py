@@ -277,7 +277,15 @@ def _home(tree: Any, like: jax.Array) -> Any:
     (metrics, sampling) are single-device programs, where host callbacks
     (e.g. ``densax.ot``'s sorts) are safe.
     """
-    return jax.device_put(tree, like.sharding)
+
+    def home(v):
+        if isinstance(v, jax.Array) and not v.is_fully_addressable:
+            # A mesh over several processes: no process can address the whole
+            # replicated array; each keeps its first local copy (all equal).
+            return v.addressable_data(0)
+        return jax.device_put(v, like.sharding)
+
+    return jax.tree.map(home, tree)
 
 
 def _log_line(p: Progress) -> str:
