@@ -1,7 +1,7 @@
 """Gaussian mixture models fitted by Expectation-Maximisation.
 
 Everything a scikit-learn ``GaussianMixture`` user reaches for, as pure
-functions over a :class:`GMMParams` pytree: the four covariance types
+functions over a :class:`GaussianMixture` pytree: the four covariance types
 (``full``, ``tied``, ``diag``, ``spherical``), four initialisations,
 :func:`e_step` / :func:`m_step` / :func:`em_step`, :func:`fit` (the whole loop
 in one ``lax.while_loop``, ``n_init`` restarts in parallel under ``vmap``),
@@ -77,7 +77,7 @@ Example:
   >>> x = jnp.concatenate([jax.random.normal(k1, (200, 2)) - 3.0,
   ...                      jax.random.normal(k2, (200, 2)) + 3.0])
   >>> result = gmm.fit(jax.random.key(1), x, 2)
-  >>> bool(result.converged), jnp.sort(result.params.means[:, 0]).round(0).tolist()
+  >>> bool(result.converged), jnp.sort(result.model.means[:, 0]).round(0).tolist()
   (True, [-3.0, 3.0])
 """
 
@@ -98,7 +98,7 @@ __all__ = [
     "COVARIANCE_TYPES",
     "INIT_METHODS",
     "FitResult",
-    "GMMParams",
+    "GaussianMixture",
     "aic",
     "bic",
     "e_step",
@@ -112,6 +112,7 @@ __all__ = [
     "predict",
     "predict_proba",
     "sample",
+    "sample_with_labels",
 ]
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
@@ -132,7 +133,7 @@ _LOG_2PI = math.log(2 * math.pi)
     meta_fields=["covariance_type"],
 )
 @dataclasses.dataclass(frozen=True)
-class GMMParams:
+class GaussianMixture:
     """The parameters of a Gaussian mixture (a pytree).
 
     ``covariance_type`` is static metadata, not an array: the shapes of
@@ -152,11 +153,19 @@ class GMMParams:
     precisions_cholesky: jax.Array
     covariance_type: str = "full"
 
+    def log_prob(self, x: jax.Array, *, validate: bool = True) -> jax.Array:
+        """[n] log-densities of ``x`` [n, d]: :func:`log_prob`."""
+        return log_prob(self, x, validate=validate)
+
+    def sample(self, key: jax.Array, n: int) -> jax.Array:
+        """[n, d] samples: :func:`sample`."""
+        return sample(key, self, n)
+
 
 class FitResult(NamedTuple):
     """The output of :func:`fit`."""
 
-    params: GMMParams  # the fitted mixture (after the last M-step)
+    model: GaussianMixture  # the fitted mixture (after the last M-step)
     # [] float: mean log-likelihood at the last E-step, i.e. of the parameters
     # before the last M-step (scikit-learn's lower_bound_); -inf if max_iter=0.
     log_likelihood: jax.Array
@@ -164,7 +173,7 @@ class FitResult(NamedTuple):
     converged: jax.Array  # [] bool: the change of log_likelihood fell below tol
     # [max_iter] float: log_likelihood after each iteration (scikit-learn's
     # lower_bounds_); NaN from index n_iter on.
-    log_likelihood_trace: jax.Array
+    trace: jax.Array
 
 
 # ---------------------------------------------------------------- constructors
@@ -177,8 +186,8 @@ def from_covariances(
     covariance_type: str = "full",
     *,
     validate: bool = True,
-) -> GMMParams:
-    """Builds :class:`GMMParams` from weights, means and covariances.
+) -> GaussianMixture:
+    """Builds :class:`GaussianMixture` from weights, means and covariances.
 
     Args:
       weights: [K] mixture weights (non-negative, summing to one).
@@ -212,7 +221,7 @@ def from_covariances(
         jnp.all(jnp.isfinite(prec_chol)),
         "covariances must be positive definite",
     )
-    return GMMParams(weights, means, covariances, prec_chol, covariance_type)
+    return GaussianMixture(weights, means, covariances, prec_chol, covariance_type)
 
 
 def from_precisions(
@@ -222,8 +231,8 @@ def from_precisions(
     covariance_type: str = "full",
     *,
     validate: bool = True,
-) -> GMMParams:
-    """Builds :class:`GMMParams` from precisions (scikit-learn's ``precisions_init``).
+) -> GaussianMixture:
+    """Builds a :class:`GaussianMixture` from precisions (``precisions_init``).
 
     Args:
       weights: [K] mixture weights (non-negative, summing to one).
@@ -258,7 +267,7 @@ def from_precisions(
         jnp.all(jnp.isfinite(prec_chol)),
         "precisions must be positive definite",
     )
-    return GMMParams(weights, means, covariances, prec_chol, covariance_type)
+    return GaussianMixture(weights, means, covariances, prec_chol, covariance_type)
 
 
 @functools.partial(jax.jit, static_argnames=("covariance_type",))
@@ -300,14 +309,14 @@ def init(
     *,
     covariance_type: str = "full",
     method: str = "kmeans++",
-    weights: jax.Array | None = None,
+    mixture_weights: jax.Array | None = None,
     means: jax.Array | None = None,
     precisions: jax.Array | None = None,
     reg_covar: float = 1e-6,
     sample_weight: jax.Array | None = None,
     axis_name: str | None = None,
     validate: bool = True,
-) -> GMMParams:
+) -> GaussianMixture:
     """Initial mixture parameters for EM.
 
     The method assigns every sample to components (responsibilities) and the
@@ -324,7 +333,7 @@ def init(
 
     For the seeding methods scikit-learn instead starts from the seeds alone
     (covariances ``reg_covar I``), which makes its first E-step a
-    nearest-seed assignment anyway. Any of ``weights``, ``means``,
+    nearest-seed assignment anyway. Any of ``mixture_weights``, ``means``,
     ``precisions`` given replaces the computed one (scikit-learn's
     ``weights_init`` / ``means_init`` / ``precisions_init``); with all three
     given the data are not used.
@@ -335,7 +344,8 @@ def init(
       n_components: the number of components K.
       covariance_type: one of :data:`COVARIANCE_TYPES`.
       method: one of :data:`INIT_METHODS`.
-      weights: optional [K] initial weights (normalised to sum to one).
+      mixture_weights: optional [K] initial mixture weights (normalised to sum
+        to one).
       means: optional [K, d] initial means.
       precisions: optional initial precision matrices, shaped as the
         covariances of ``covariance_type``.
@@ -349,7 +359,7 @@ def init(
         parameters.
 
     Returns:
-      The initial :class:`GMMParams`, in the dtype of ``x``.
+      The initial :class:`GaussianMixture`, in the dtype of ``x``.
 
     Raises:
       ValueError: unknown option, bad shapes, ``n < n_components``; eagerly,
@@ -366,9 +376,13 @@ def init(
     _validate.check_choice(covariance_type, "covariance_type", COVARIANCE_TYPES)
     _validate.check_choice(method, "method", INIT_METHODS)
     reg_covar = _check_nonnegative(reg_covar, "reg_covar", x.dtype)
-    given = {"weights": weights, "means": means, "precisions": precisions}
+    given = {
+        "mixture_weights": mixture_weights,
+        "means": means,
+        "precisions": precisions,
+    }
     shapes = {
-        "weights": (k,),
+        "mixture_weights": (k,),
         "means": (k, x.shape[1]),
         "precisions": _cov_shape(covariance_type, k, x.shape[1]),
     }
@@ -380,14 +394,18 @@ def init(
                     f"{name} must have shape {shapes[name]}, got {given[name].shape}"
                 )
             _validate.check_finite(given[name], name, validate)
-    if given["weights"] is not None:
-        given["weights"] = _validate.check_weights(
-            given["weights"], "weights", (k,), dtype=x.dtype, validate=validate
+    if given["mixture_weights"] is not None:
+        given["mixture_weights"] = _validate.check_weights(
+            given["mixture_weights"],
+            "mixture_weights",
+            (k,),
+            dtype=x.dtype,
+            validate=validate,
         )
-        given["weights"] = given["weights"] / jnp.sum(given["weights"])
+        given["mixture_weights"] /= jnp.sum(given["mixture_weights"])
     if all(value is not None for value in given.values()):
         return from_precisions(
-            given["weights"],
+            given["mixture_weights"],
             given["means"],
             given["precisions"],
             covariance_type,
@@ -410,8 +428,8 @@ def init(
         params = dataclasses.replace(
             params, covariances=cov, precisions_cholesky=prec_chol
         )
-    if given["weights"] is not None:
-        params = dataclasses.replace(params, weights=given["weights"])
+    if given["mixture_weights"] is not None:
+        params = dataclasses.replace(params, weights=given["mixture_weights"])
     if given["means"] is not None:
         params = dataclasses.replace(params, means=given["means"])
     return params
@@ -823,7 +841,7 @@ def _params_from_statistics(stats, blocks, reg_covar, covariance_type):
             cov = jnp.maximum(scatter / (d * nk), 0) + reg_covar
         prec_chol = jax.lax.rsqrt(cov)
     weights = nk / jnp.sum(nk)
-    return GMMParams(weights, means, cov, prec_chol, covariance_type)
+    return GaussianMixture(weights, means, cov, prec_chol, covariance_type)
 
 
 def _rescued_cholesky(cov, jitter):
@@ -894,7 +912,7 @@ def _symmetric_index(d):
 
 
 def e_step(
-    params: GMMParams,
+    params: GaussianMixture,
     x: jax.Array,
     *,
     sample_weight: jax.Array | None = None,
@@ -904,7 +922,7 @@ def e_step(
     """The E-step: log-responsibilities and the mean log-likelihood.
 
     Args:
-      params: the current :class:`GMMParams`.
+      params: the current :class:`GaussianMixture`.
       x: [n, d] samples.
       sample_weight: optional [n] non-negative weights of the mean.
       axis_name: inside ``shard_map``/``pmap`` over shards of ``x``, the mapped
@@ -944,7 +962,7 @@ def m_step(
     sample_weight: jax.Array | None = None,
     axis_name: str | None = None,
     validate: bool = True,
-) -> GMMParams:
+) -> GaussianMixture:
     """The M-step: the closed-form parameters given log-responsibilities.
 
     ``nk = sum_i w_i r_ik + 10 eps``, ``mean_k = sum_i w_i r_ik x_i / nk``,
@@ -963,7 +981,7 @@ def m_step(
       validate: eager check that ``x`` is finite.
 
     Returns:
-      The new :class:`GMMParams`.
+      The new :class:`GaussianMixture`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -1000,14 +1018,14 @@ def _m_step(log_resp, blocks, reg_covar, *, covariance_type, axis_name):
 
 
 def em_step(
-    params: GMMParams,
+    params: GaussianMixture,
     x: jax.Array,
     *,
     reg_covar: float = 1e-6,
     sample_weight: jax.Array | None = None,
     axis_name: str | None = None,
     validate: bool = True,
-) -> tuple[GMMParams, jax.Array]:
+) -> tuple[GaussianMixture, jax.Array]:
     """One EM iteration: an E-step on ``params`` then an M-step.
 
     Every operation is differentiable: a fixed number of steps under
@@ -1016,7 +1034,7 @@ def em_step(
     which only supports forward mode).
 
     Args:
-      params: the current :class:`GMMParams`.
+      params: the current :class:`GaussianMixture`.
       x: [n, d] samples.
       reg_covar: non-negative value added to the covariances' diagonal.
       sample_weight: optional [n] non-negative sample weights.
@@ -1066,7 +1084,7 @@ def fit(
     tol: float = 1e-3,
     reg_covar: float = 1e-6,
     sample_weight: jax.Array | None = None,
-    init_params: GMMParams | None = None,
+    init_params: GaussianMixture | None = None,
     axis_name: str | None = None,
     validate: bool = True,
 ) -> FitResult:
@@ -1099,7 +1117,7 @@ def fit(
       reg_covar: non-negative value added to the covariances' diagonal.
       sample_weight: optional [n] non-negative sample weights: the fit
         maximises ``sum_i w_i log p(x_i)``.
-      init_params: starting :class:`GMMParams` (with ``n_init=1``), e.g. from
+      init_params: starting :class:`GaussianMixture` (with ``n_init=1``), e.g. from
         :func:`init` with user-given weights, means or precisions.
       axis_name: inside ``shard_map``/``pmap`` over shards of ``x`` (and
         ``sample_weight``), the mapped axis: the sufficient statistics are
@@ -1123,7 +1141,7 @@ def fit(
       >>> import jax
       >>> x = jax.random.normal(jax.random.key(0), (400, 2))
       >>> res = fit(jax.random.key(1), x, 2)
-      >>> res.params.means.shape, bool(res.converged), int(res.n_iter) > 1
+      >>> res.model.means.shape, bool(res.converged), int(res.n_iter) > 1
       ((2, 2), True, True)
     """
     x, w, k = _check_data(x, n_components, sample_weight, validate)
@@ -1136,7 +1154,9 @@ def fit(
     if init_params is not None:
         if n_init != 1:
             raise ValueError("n_init must be 1 when init_params is given")
-        init_params = _check_params(init_params, x.shape[1], x.dtype, validate)
+        init_params = _check_params(
+            init_params, x.shape[1], x.dtype, validate, "init_params"
+        )
         if init_params.covariance_type != covariance_type:
             raise ValueError(
                 f"init_params has covariance_type {init_params.covariance_type!r}, "
@@ -1292,7 +1312,9 @@ def _run_em(blocks, params, *, tol, reg_covar, max_iter, axis_name):
 # ----------------------------------------------------- evaluation functions
 
 
-def log_prob(params: GMMParams, x: jax.Array, *, validate: bool = True) -> jax.Array:
+def log_prob(
+    model: GaussianMixture, x: jax.Array, *, validate: bool = True
+) -> jax.Array:
     """Log-density of the mixture at each sample (scikit-learn's ``score_samples``).
 
     Computed in the direct form ``log sum_k w_k N(x | mu_k, P_k^-1)`` with
@@ -1300,7 +1322,7 @@ def log_prob(params: GMMParams, x: jax.Array, *, validate: bool = True) -> jax.A
     Differentiable with respect to ``params`` and ``x``.
 
     Args:
-      params: the :class:`GMMParams`.
+      model: the :class:`GaussianMixture`.
       x: [n, d] samples.
       validate: eager check that ``x`` is finite (under a transformation a
         non-finite sample gives NaN for that sample only).
@@ -1314,12 +1336,12 @@ def log_prob(params: GMMParams, x: jax.Array, *, validate: bool = True) -> jax.A
       >>> log_prob(p, jnp.zeros((1, 2))).round(4).tolist()  # -log(2 pi)
       [-1.8379]
     """
-    params, x, _ = _check_params_data(params, x, None, validate)
+    params, x, _ = _check_params_data(model, x, None, validate)
     return _log_prob(params, x)
 
 
 def predict_proba(
-    params: GMMParams, x: jax.Array, *, validate: bool = True
+    model: GaussianMixture, x: jax.Array, *, validate: bool = True
 ) -> jax.Array:
     """Posterior probabilities of the components (responsibilities), [n, K].
 
@@ -1330,11 +1352,13 @@ def predict_proba(
       >>> predict_proba(p, jnp.zeros((1, 1))).tolist()
       [[0.5, 0.5]]
     """
-    params, x, _ = _check_params_data(params, x, None, validate)
+    params, x, _ = _check_params_data(model, x, None, validate)
     return _predict_proba(params, x)
 
 
-def predict(params: GMMParams, x: jax.Array, *, validate: bool = True) -> jax.Array:
+def predict(
+    model: GaussianMixture, x: jax.Array, *, validate: bool = True
+) -> jax.Array:
     """The most probable component of each sample, [n] int32.
 
     Example:
@@ -1344,7 +1368,7 @@ def predict(params: GMMParams, x: jax.Array, *, validate: bool = True) -> jax.Ar
       >>> predict(p, jnp.array([[-2.0], [3.0]])).tolist()
       [0, 1]
     """
-    params, x, _ = _check_params_data(params, x, None, validate)
+    params, x, _ = _check_params_data(model, x, None, validate)
     return _predict(params, x)
 
 
@@ -1385,28 +1409,52 @@ def _predict(params, x):
     return jnp.argmax(_component_log_prob(params, x), axis=1).astype(jnp.int32)
 
 
-def sample(key: jax.Array, params: GMMParams, n: int) -> tuple[jax.Array, jax.Array]:
-    """Draws ``n`` samples from the mixture.
+def sample(key: jax.Array, model: GaussianMixture, n: int) -> jax.Array:
+    """Draws ``n`` samples from the mixture (the labels: :func:`sample_with_labels`).
 
     Args:
       key: a PRNG key.
-      params: the :class:`GMMParams`.
+      model: the :class:`GaussianMixture`.
       n: the number of samples (a Python int).
 
     Returns:
-      ``(x, labels)``: [n, d] samples and [n] int32 component of each.
+      [n, d] samples.
 
     Example:
       >>> import jax, jax.numpy as jnp
       >>> p = from_covariances(jnp.array([0.3, 0.7]), jnp.zeros((2, 2)),
       ...                      jnp.stack([jnp.eye(2), 2 * jnp.eye(2)]))
-      >>> x, labels = sample(jax.random.key(0), p, 1000)
+      >>> sample(jax.random.key(0), p, 1000).shape
+      (1000, 2)
+    """
+    return sample_with_labels(key, model, n)[0]
+
+
+def sample_with_labels(
+    key: jax.Array, model: GaussianMixture, n: int
+) -> tuple[jax.Array, jax.Array]:
+    """Draws ``n`` samples from the mixture, with the component of each.
+
+    Args:
+      key: a PRNG key.
+      model: the :class:`GaussianMixture`.
+      n: the number of samples (a Python int).
+
+    Returns:
+      ``(x, labels)``: [n, d] samples (those of :func:`sample` with the same
+      key) and [n] int32 component of each.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> p = from_covariances(jnp.array([0.3, 0.7]), jnp.zeros((2, 2)),
+      ...                      jnp.stack([jnp.eye(2), 2 * jnp.eye(2)]))
+      >>> x, labels = sample_with_labels(jax.random.key(0), p, 1000)
       >>> x.shape, labels.shape
       ((1000, 2), (1000,))
     """
     n = _validate.check_int(n, "n", minimum=0)
-    params = _check_params(params, None, None, False)
-    return _sample(key, params, n=n)
+    model = _check_params(model, None, None, False)
+    return _sample(key, model, n=n)
 
 
 @functools.partial(jax.jit, static_argnames=("n",))
@@ -1429,7 +1477,7 @@ def _sample(key, params, *, n):
 
 
 def bic(
-    params: GMMParams,
+    model: GaussianMixture,
     x: jax.Array,
     *,
     sample_weight: jax.Array | None = None,
@@ -1449,13 +1497,13 @@ def bic(
       >>> round(float(bic(p, x)), 2)  # -2 log L + 2 log 4: two free parameters
       20.12
     """
-    params, x, w = _check_params_data(params, x, sample_weight, validate)
+    params, x, w = _check_params_data(model, x, sample_weight, validate)
     log_lik, n = _total_log_likelihood(params, x, w)
     return -2 * log_lik + _n_parameters(params) * jnp.log(n)
 
 
 def aic(
-    params: GMMParams,
+    model: GaussianMixture,
     x: jax.Array,
     *,
     sample_weight: jax.Array | None = None,
@@ -1471,7 +1519,7 @@ def aic(
       >>> round(float(aic(p, x)), 2)  # -2 log L + 2 * 2: two free parameters
       21.35
     """
-    params, x, w = _check_params_data(params, x, sample_weight, validate)
+    params, x, w = _check_params_data(model, x, sample_weight, validate)
     log_lik, _ = _total_log_likelihood(params, x, w)
     return -2 * log_lik + 2 * _n_parameters(params)
 
@@ -1555,36 +1603,40 @@ def _check_parts(weights, means, cov, covariance_type, cov_name):
     return weights, means, cov
 
 
-def _check_params(params, d, dtype, validate):
-    """Checks a GMMParams' type, option and shapes; casts it to ``dtype``."""
-    if not isinstance(params, GMMParams):
-        raise TypeError(f"params must be a GMMParams, got {type(params).__name__}")
+def _check_params(params, d, dtype, validate, name="model"):
+    """Checks a GaussianMixture's type, option and shapes; casts it to ``dtype``."""
+    if not isinstance(params, GaussianMixture):
+        raise TypeError(
+            f"{name} must be a GaussianMixture, got {type(params).__name__}"
+        )
     ct = params.covariance_type
     weights, means, cov = _check_parts(
-        params.weights, params.means, params.covariances, ct, "params.covariances"
+        params.weights, params.means, params.covariances, ct, f"{name}.covariances"
     )
     dtype = means.dtype if dtype is None else dtype
     prec_chol = _validate.as_float(
-        params.precisions_cholesky, "params.precisions_cholesky", dtype=dtype
+        params.precisions_cholesky, f"{name}.precisions_cholesky", dtype=dtype
     )
     if prec_chol.shape != cov.shape:
         raise ValueError(
-            f"params.precisions_cholesky must have shape {cov.shape}, "
+            f"{name}.precisions_cholesky must have shape {cov.shape}, "
             f"got {prec_chol.shape}"
         )
     if d is not None and means.shape[1] != d:
         raise ValueError(
-            f"params are for {means.shape[1]} features but x has {d} (its last axis)"
+            f"{name} is for {means.shape[1]} features but x has {d} (its last axis)"
         )
-    _validate.check_finite(prec_chol, "params.precisions_cholesky", validate)
-    return GMMParams(
+    _validate.check_finite(prec_chol, f"{name}.precisions_cholesky", validate)
+    return GaussianMixture(
         weights.astype(dtype), means.astype(dtype), cov.astype(dtype), prec_chol, ct
     )
 
 
 def _check_params_data(params, x, sample_weight, validate):
-    if not isinstance(params, GMMParams):
-        raise TypeError(f"params must be a GMMParams, got {type(params).__name__}")
+    if not isinstance(params, GaussianMixture):
+        raise TypeError(
+            f"model must be a GaussianMixture, got {type(params).__name__}"
+        )
     x = _validate.as_float(x, "x", ndim=2)
     dtype = _validate.common_float_dtype(x, params.means)
     x, w, _ = _check_data(x.astype(dtype), 1, sample_weight, validate)
