@@ -502,6 +502,46 @@ def test_fit_bandwidth_float32_and_other_kernel(bimodal):
     assert abs(grid[int(np.argmax(loo))] / fit.model.bandwidth - 1) <= 0.011
 
 
+@pytest.mark.parametrize(
+    "full", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["h", "H"]
+)
+def test_loo_fit_gradient_implicit_matches_central_differences(x64, points, full):
+    # The LOO-optimal bandwidth as a function of the data and the weights
+    # (implicit function theorem at grad LOO = 0), against central differences
+    # of the converged fit along random directions. tol=1e-12 on the gradient
+    # norm puts theta within ~1e-12 of the optimum, so the differences (step
+    # 1e-5, truncation ~1e-10) check the derivative to ~1e-7.
+    data = jnp.asarray(points[0][:40, :2])
+    w = jnp.linspace(0.5, 1.5, 40)
+    rng = np.random.default_rng(12)
+
+    def f(data, w):
+        res = kde.fit(
+            data,
+            bandwidth="loo",
+            sample_weight=w,
+            full=full,
+            tol=1e-12,
+            max_iter=100,
+            validate=False,
+        )
+        h = res.model.bandwidth
+        return jnp.sum(h * (1.0 + jnp.arange(h.size).reshape(h.shape)))
+
+    f_jit = jax.jit(f)
+    grads = jax.jit(jax.grad(f, argnums=(0, 1)))(data, w)
+    for which, grad in enumerate(grads):
+        v = jnp.asarray(rng.normal(size=grad.shape))
+
+        def shifted(t, v=v, which=which):
+            args = [data, w]
+            args[which] = args[which] + t * v
+            return f_jit(*args)
+
+        fd = (shifted(1e-5) - shifted(-1e-5)) / 2e-5
+        assert abs(jnp.vdot(grad, v) - fd) <= 1e-5 * abs(fd), which
+
+
 # --------------------------------------------------------------------------
 # Sampling.
 
