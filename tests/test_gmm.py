@@ -552,7 +552,7 @@ def _two_blobs(dtype=np.float64):
 
 
 def test_fit_gradient_implicit_matches_central_differences(x64):
-    # The converged fit (tol=0: 150 iterations, EM's rate here is ~0.1, so the
+    # The converged fit (tol=0: 60 iterations, EM's rate here is ~0.1, so the
     # parameters are converged to rounding) as a function of the data and the
     # weights, against central differences along a random direction. Step
     # 1e-5: truncation ~1e-10 and rounding ~1e-11 relative, so 1e-5 holds with
@@ -568,7 +568,7 @@ def test_fit_gradient_implicit_matches_central_differences(x64):
             x,
             2,
             init_params=p0,
-            max_iter=150,
+            max_iter=60,
             tol=0.0,
             sample_weight=w,
             differentiation=mode,
