@@ -105,9 +105,9 @@ def step_breakdown(x, params, repeat):
     """Milliseconds of densax's set-up (cells, features) and of one EM iteration."""
     w = jnp.ones(x.shape[0], x.dtype)
     k = params.weights.shape[0]
-    setup = jax.jit(lambda x, w: gmm._blocks_for(x, w, k, "full", None))
+    setup = jax.jit(lambda x, w: gmm._engine._blocks_for(x, w, k, "full", None))
     blocks = setup(x, w)
-    iteration = jax.jit(lambda b, p: gmm._em_iteration(b, p, 1e-6, None))
+    iteration = jax.jit(lambda b, p: gmm._engine._em_iteration(b, p, 1e-6, None))
     s = time_fn(setup, x, w, repeat=repeat)["time_s"]
     i = time_fn(iteration, blocks, params, repeat=repeat)["time_s"]
     return s * 1e3, i * 1e3

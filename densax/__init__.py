@@ -4,19 +4,21 @@ Every topic lives in its own small module, imported on first use::
 
     import densax
     densax.gmm.fit(key, x, 3)          # Gaussian mixtures by EM
-    densax.kde.log_density(q, x, 0.5)  # kernel density estimation
+    densax.kde.fit(x).log_prob(q)      # kernel density estimation
     densax.ot.sinkhorn(x, y)           # entropic optimal transport
 
-Modules: ``gaussian``, ``gmm``, ``kde``, ``divergences``, ``ot``,
-``datasets``, ``metrics`` and the ``generative`` package.
+Modules: ``density`` (the contract every density model follows),
+``gaussian``, ``gmm``, ``kde``, ``divergences``, ``ot``, ``datasets``,
+``metrics`` and the ``generative`` package.
 """
 
 import importlib
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _SUBMODULES = (
     "datasets",
+    "density",
     "divergences",
     "gaussian",
     "generative",

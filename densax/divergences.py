@@ -1,8 +1,9 @@
 """Divergences between distributions: Kullback–Leibler and Jensen–Shannon.
 
 Discrete distributions (probability vectors, or their logarithms) get exact
-sums; Gaussians get the closed form; any two densities with a sampler get a
-Monte Carlo estimate with its standard error.
+sums; Gaussians get the closed form; any two density models (the
+:class:`densax.density.Density` contract: ``.log_prob(x)`` and
+``.sample(key, n)``) get a Monte Carlo estimate with its standard error.
 
 Conventions: ``0 log 0 = 0``; ``KL(p || q) = +inf`` where ``q = 0 < p`` (such
 a term gets a zero derivative, so that gradients elsewhere in a batch stay
@@ -19,7 +20,6 @@ References:
 import functools
 import math
 import numbers
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
 from densax import _validate
+from densax.density import Density, check_density
 
 __all__ = [
     "MonteCarloEstimate",
@@ -438,18 +439,12 @@ def kl_gaussian(
 # Monte Carlo estimators between densities.
 
 
-def _check_callables(**fns: Any) -> None:
-    for name, fn in fns.items():
-        if not callable(fn):
-            raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
-
-
-def _log_density(log_fn: Callable, x: jax.Array, name: str, n: int) -> jax.Array:
-    out = jnp.asarray(log_fn(x))
+def _log_density(model: Any, x: jax.Array, name: str, n: int) -> jax.Array:
+    out = jnp.asarray(model.log_prob(x))
     if out.shape != (n,):
         raise ValueError(
-            f"{name} must return one log-density per sample, shape ({n},), got "
-            f"{out.shape}"
+            f"{name}.log_prob must return one log-density per sample, shape ({n},), "
+            f"got {out.shape}"
         )
     return out
 
@@ -467,24 +462,21 @@ def _estimate(value: jax.Array, var_of_mean: jax.Array) -> MonteCarloEstimate:
 
 
 def kl_monte_carlo(
-    key: jax.Array,
-    sample_p: Callable[[jax.Array, int], jax.Array],
-    log_p: Callable[[jax.Array], jax.Array],
-    log_q: Callable[[jax.Array], jax.Array],
-    n: int,
+    key: jax.Array, p: Density, q: Density, n: int
 ) -> MonteCarloEstimate:
     """Monte Carlo estimate of ``KL(p || q) = E_p[log p(X) - log q(X)]``.
 
-    Works with any densities given as callables: a GMM
-    (``lambda x: densax.gmm.log_prob(params, x)``), a KDE, a Gaussian, a
-    normalising flow. Jit the call (or a function around it) to compile the
-    callables together.
+    ``p`` and ``q`` are density models (:class:`densax.density.Density`:
+    anything with ``.log_prob(x) -> [n]`` and ``.sample(key, n)``): a
+    ``gaussian.Gaussian``, a ``gmm.GaussianMixture``, a ``kde.KDE``, a flow,
+    or a user's own class. Jit the call (or a function around it) to compile
+    the densities together; the models may be arguments of the jitted
+    function (they are pytrees) with ``n`` static.
 
     Args:
       key: PRNG key.
-      sample_p: ``sample_p(key, n) -> [n, ...]`` draws from ``p``.
-      log_p: ``log_p(x) -> [n]`` log-density of ``p`` at a batch of points.
-      log_q: ``log_q(x) -> [n]`` log-density of ``q``.
+      p: the density the samples come from (``p.sample(key, n)``).
+      q: the other density.
       n: number of samples (static), at least 2.
 
     Returns:
@@ -493,37 +485,29 @@ def kl_monte_carlo(
       ``q`` vanishes at a sample of ``p``).
 
     Raises:
-      TypeError: a non-callable density or sampler, a non-int ``n``.
-      ValueError: ``n < 2``, or a log-density not of shape ``[n]``.
+      TypeError: ``p`` or ``q`` is not a density model, a non-int ``n``.
+      ValueError: ``n < 2``, or a ``log_prob`` not of shape ``[n]``.
 
     Example:
       >>> import jax, jax.numpy as jnp
-      >>> from jax.scipy.stats import norm
-      >>> est = kl_monte_carlo(
-      ...     jax.random.key(0),
-      ...     lambda key, n: jax.random.normal(key, (n,)),
-      ...     norm.logpdf,
-      ...     lambda x: norm.logpdf(x, loc=1.0),
-      ...     10_000,
-      ... )
+      >>> from densax import gaussian
+      >>> p = gaussian.Gaussian(jnp.zeros(1), jnp.eye(1))
+      >>> q = gaussian.Gaussian(jnp.ones(1), jnp.eye(1))
+      >>> est = kl_monte_carlo(jax.random.key(0), p, q, 10_000)
       >>> bool(abs(est.value - 0.5) < 4 * est.std_error)
       True
     """
-    _check_callables(sample_p=sample_p, log_p=log_p, log_q=log_q)
+    check_density(p, "p")
+    check_density(q, "q")
     n = _validate.check_int(n, "n", minimum=2)
-    x = sample_p(key, n)
-    r = _log_density(log_p, x, "log_p", n) - _log_density(log_q, x, "log_q", n)
+    x = p.sample(key, n)
+    r = _log_density(p, x, "p", n) - _log_density(q, x, "q", n)
     mean, var = _mean_and_variance(r)
     return _estimate(mean, var / n)
 
 
 def js_monte_carlo(
-    key: jax.Array,
-    sample_p: Callable[[jax.Array, int], jax.Array],
-    log_p: Callable[[jax.Array], jax.Array],
-    sample_q: Callable[[jax.Array, int], jax.Array],
-    log_q: Callable[[jax.Array], jax.Array],
-    n: int,
+    key: jax.Array, p: Density, q: Density, n: int
 ) -> MonteCarloEstimate:
     """Monte Carlo estimate of the Jensen–Shannon divergence between densities.
 
@@ -533,40 +517,38 @@ def js_monte_carlo(
 
     Args:
       key: PRNG key.
-      sample_p: ``sample_p(key, n) -> [n, ...]`` draws from ``p``.
-      log_p: ``log_p(x) -> [n]`` log-density of ``p``.
-      sample_q: ``sample_q(key, n) -> [n, ...]`` draws from ``q``.
-      log_q: ``log_q(x) -> [n]`` log-density of ``q``.
+      p: a density model (:class:`densax.density.Density`).
+      q: another density model.
       n: number of samples from each (static), at least 2.
 
     Returns:
       A :class:`MonteCarloEstimate` (natural log) with its standard error.
 
     Raises:
-      TypeError: a non-callable density or sampler, a non-int ``n``.
-      ValueError: ``n < 2``, or a log-density not of shape ``[n]``.
+      TypeError: ``p`` or ``q`` is not a density model, a non-int ``n``.
+      ValueError: ``n < 2``, or a ``log_prob`` not of shape ``[n]``.
 
     Example:
       >>> import jax, jax.numpy as jnp
-      >>> from jax.scipy.stats import norm
-      >>> sample = lambda mu: lambda key, n: mu + jax.random.normal(key, (n,))
-      >>> est = js_monte_carlo(jax.random.key(0), sample(0.0), norm.logpdf,
-      ...                      sample(50.0), lambda x: norm.logpdf(x, 50.0), 1000)
-      >>> round(float(est.value), 4)
+      >>> from densax import gaussian
+      >>> p = gaussian.Gaussian(jnp.zeros(1), jnp.eye(1))
+      >>> q = gaussian.Gaussian(jnp.full(1, 50.0), jnp.eye(1))
+      >>> round(float(js_monte_carlo(jax.random.key(0), p, q, 1000).value), 4)
       0.6931
     """
-    _check_callables(sample_p=sample_p, log_p=log_p, sample_q=sample_q, log_q=log_q)
+    check_density(p, "p")
+    check_density(q, "q")
     n = _validate.check_int(n, "n", minimum=2)
     key_p, key_q = jax.random.split(key)
 
-    def log_ratio_to_mixture(x, log_own, own_name, log_other, other_name):
+    def log_ratio_to_mixture(x, own, own_name, other, other_name):
         # log own(x) - log m(x) = log 2 - log(1 + other(x) / own(x)) <= log 2.
-        own = _log_density(log_own, x, own_name, n)
-        other = _log_density(log_other, x, other_name, n)
-        return _LOG2 - jax.nn.softplus(other - own)
+        own_lp = _log_density(own, x, own_name, n)
+        other_lp = _log_density(other, x, other_name, n)
+        return _LOG2 - jax.nn.softplus(other_lp - own_lp)
 
-    r_p = log_ratio_to_mixture(sample_p(key_p, n), log_p, "log_p", log_q, "log_q")
-    r_q = log_ratio_to_mixture(sample_q(key_q, n), log_q, "log_q", log_p, "log_p")
+    r_p = log_ratio_to_mixture(p.sample(key_p, n), p, "p", q, "q")
+    r_q = log_ratio_to_mixture(q.sample(key_q, n), q, "q", p, "p")
     mean_p, var_p = _mean_and_variance(r_p)
     mean_q, var_q = _mean_and_variance(r_q)
     return _estimate((mean_p + mean_q) / 2, (var_p + var_q) / (4 * n))

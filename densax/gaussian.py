@@ -1,8 +1,10 @@
 """The multivariate Gaussian: maximum-likelihood fit, log-density, sampling.
 
-A Gaussian is the pytree ``Gaussian(mean, cov)``. :func:`fit` returns the
-maximum-likelihood estimate (optionally weighted, optionally over data shards);
-:func:`log_prob` evaluates the log-density through the Cholesky factor of the
+A Gaussian is the pytree ``Gaussian(mean, cov)``, a density model of the
+contract of :mod:`densax.density` (``g.log_prob(x)``, ``g.sample(key, n)``).
+:func:`fit` returns the maximum-likelihood estimate (optionally weighted,
+optionally over data shards); :func:`log_prob` evaluates the log-density
+through the Cholesky factor of the
 covariance (a triangular solve, never an inverse); :func:`sample` draws from it.
 
 Example:
@@ -32,10 +34,22 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 class Gaussian(NamedTuple):
-    """A multivariate normal distribution."""
+    """A multivariate normal distribution (a density model, see :mod:`densax.density`).
+
+    ``g.log_prob(x)`` and ``g.sample(key, n)`` are :func:`log_prob` and
+    :func:`sample`.
+    """
 
     mean: jax.Array  # [d] float
     cov: jax.Array  # [d, d] float, symmetric positive definite
+
+    def log_prob(self, x: jax.Array, *, validate: bool = True) -> jax.Array:
+        """[...] log-densities of ``x`` [..., d]: :func:`log_prob`."""
+        return log_prob(self, x, validate=validate)
+
+    def sample(self, key: jax.Array, n: int) -> jax.Array:
+        """[n, d] samples: :func:`sample`."""
+        return sample(key, self, n)
 
 
 def fit(
@@ -101,7 +115,7 @@ def _fit(x, w, reg_covar, *, axis_name):
     return Gaussian(mean, cov)
 
 
-def log_prob(params: Gaussian, x: jax.Array, *, validate: bool = True) -> jax.Array:
+def log_prob(model: Gaussian, x: jax.Array, *, validate: bool = True) -> jax.Array:
     r"""Log-density of ``x`` under the Gaussian, through the Cholesky factor.
 
     With :math:`\Sigma = L L^\top` and :math:`z = L^{-1}(x - \mu)` (a
@@ -109,7 +123,7 @@ def log_prob(params: Gaussian, x: jax.Array, *, validate: bool = True) -> jax.Ar
     - \tfrac d2 \log 2\pi`. Matches ``scipy.stats.multivariate_normal.logpdf``.
 
     Args:
-      params: the ``Gaussian`` (mean [d], cov [d, d]).
+      model: the ``Gaussian`` (mean [d], cov [d, d]).
       x: [..., d] points.
       validate: check on the eager path that ``x`` is finite and that ``cov``
         is positive definite. Under a transformation the checks are skipped: a
@@ -117,7 +131,7 @@ def log_prob(params: Gaussian, x: jax.Array, *, validate: bool = True) -> jax.Ar
         not positive definite gives NaN everywhere.
 
     Returns:
-      [...] log-densities, in the common dtype of ``params`` and ``x``.
+      [...] log-densities, in the common dtype of ``model`` and ``x``.
 
     Raises:
       ValueError: shapes do not match; eagerly, non-finite ``x`` or a
@@ -129,13 +143,13 @@ def log_prob(params: Gaussian, x: jax.Array, *, validate: bool = True) -> jax.Ar
       >>> round(float(log_prob(g, jnp.zeros(2))), 4)  # -log(2 pi)
       -1.8379
     """
-    mean, cov, x = _check_params(params, x)
+    mean, cov, x = _check_model(model, x)
     _validate.check_finite(x, "x", validate)
     chol = jnp.linalg.cholesky(cov)
     _validate.value_check(
         validate,
         jnp.all(jnp.isfinite(chol)),
-        "params.cov is not positive definite (its Cholesky factorisation failed); "
+        "model.cov is not positive definite (its Cholesky factorisation failed); "
         "fit with reg_covar > 0",
     )
     return _log_prob(mean, chol, x)
@@ -151,16 +165,16 @@ def _log_prob(mean, chol, x):
     return out.reshape(x.shape[:-1])
 
 
-def sample(key: jax.Array, params: Gaussian, n: int) -> jax.Array:
+def sample(key: jax.Array, model: Gaussian, n: int) -> jax.Array:
     """Draws ``n`` samples ``mean + L z`` with ``z`` standard normal, ``L L^T = cov``.
 
     Args:
       key: a PRNG key.
-      params: the ``Gaussian`` (mean [d], cov [d, d], positive definite).
+      model: the ``Gaussian`` (mean [d], cov [d, d], positive definite).
       n: number of samples (a Python int).
 
     Returns:
-      [n, d] samples in the dtype of ``params``.
+      [n, d] samples in the dtype of ``model``.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -169,7 +183,7 @@ def sample(key: jax.Array, params: Gaussian, n: int) -> jax.Array:
       (5, 3)
     """
     n = _validate.check_int(n, "n", minimum=0)
-    mean, cov, _ = _check_params(params, None)
+    mean, cov, _ = _check_model(model, None)
     return _sample(key, mean, cov, n=n)
 
 
@@ -179,14 +193,16 @@ def _sample(key, mean, cov, *, n):
     return mean + z @ jnp.linalg.cholesky(cov).T
 
 
-def _check_params(params, x):
-    mean = _validate.as_float(params.mean, "params.mean", ndim=1)
-    dtype = _validate.common_float_dtype(mean, params.cov, x)
+def _check_model(model, x):
+    if not isinstance(model, Gaussian):
+        raise TypeError(f"model must be a Gaussian, got {type(model).__name__}")
+    mean = _validate.as_float(model.mean, "model.mean", ndim=1)
+    dtype = _validate.common_float_dtype(mean, model.cov, x)
     mean = mean.astype(dtype)
-    cov = _validate.as_float(params.cov, "params.cov", ndim=2, dtype=dtype)
+    cov = _validate.as_float(model.cov, "model.cov", ndim=2, dtype=dtype)
     d = mean.shape[0]
     if cov.shape != (d, d):
-        raise ValueError(f"params.cov must have shape ({d}, {d}), got {cov.shape}")
+        raise ValueError(f"model.cov must have shape ({d}, {d}), got {cov.shape}")
     if x is not None:
         x = _validate.as_float(x, "x", dtype=dtype)
         if x.ndim == 0 or x.shape[-1] != d:

@@ -297,29 +297,36 @@ def test_kl_gaussian_grads_jit_and_errors(x64):
 # Monte Carlo.
 
 
-def _sampler(loc, scale):
-    return lambda key, n: loc + scale * jax.random.normal(key, (n,))
+class _Density:
+    """A user's own density (duck-typed: .log_prob and .sample), 1D samples [n]."""
+
+    def __init__(self, log_prob, sample):
+        self.log_prob, self._sample = log_prob, sample
+
+    def sample(self, key, n):
+        return self._sample(key, n)
+
+
+def _normal(loc, scale):
+    return _Density(
+        lambda x: norm.logpdf(x, loc, scale),
+        lambda key, n: loc + scale * jax.random.normal(key, (n,)),
+    )
 
 
 def test_kl_monte_carlo_matches_closed_form(x64):
     key = jax.random.key(0)
-    est = dv.kl_monte_carlo(
-        key,
-        _sampler(0.0, 1.5),
-        lambda x: norm.logpdf(x, 0.0, 1.5),
-        lambda x: norm.logpdf(x, 0.4, 0.7),
-        20_000,
-    )
+    est = dv.kl_monte_carlo(key, _normal(0.0, 1.5), _normal(0.4, 0.7), 20_000)
     want = dv.kl_gaussian([0.0], [[1.5**2]], [0.4], [[0.7**2]])
     assert abs(est.value - want) < 4 * est.std_error
     assert 0 < est.std_error < 0.05
     # Inside jit, with a q that vanishes where p has mass: inf, not NaN.
-    uniform = lambda x: jnp.where(jnp.abs(x) < 1, -LOG2, -jnp.inf)
-    est = jax.jit(
-        lambda key: dv.kl_monte_carlo(
-            key, _sampler(0.0, 1.0), norm.logpdf, uniform, 1000
-        )
-    )(key)
+    uniform = _Density(
+        lambda x: jnp.where(jnp.abs(x) < 1, -LOG2, -jnp.inf), lambda key, n: None
+    )
+    est = jax.jit(lambda key: dv.kl_monte_carlo(key, _normal(0.0, 1.0), uniform, 1000))(
+        key
+    )
     assert est.value == np.inf and est.std_error == np.inf
 
 
@@ -334,12 +341,7 @@ def _js_quadrature(logpdf_p, logpdf_q, lo, hi):
 
 def test_js_monte_carlo_matches_quadrature(x64):
     est = dv.js_monte_carlo(
-        jax.random.key(1),
-        _sampler(0.0, 1.0),
-        norm.logpdf,
-        _sampler(1.0, 2.0),
-        lambda x: norm.logpdf(x, 1.0, 2.0),
-        20_000,
+        jax.random.key(1), _normal(0.0, 1.0), _normal(1.0, 2.0), 20_000
     )
     want = _js_quadrature(
         scipy.stats.norm(0, 1).logpdf, scipy.stats.norm(1, 2).logpdf, -20, 20
@@ -349,19 +351,18 @@ def test_js_monte_carlo_matches_quadrature(x64):
 
 
 def test_monte_carlo_with_a_gmm(x64):
-    gmm = pytest.importorskip("densax.gmm")
-    params = gmm.from_covariances(
+    from densax import gaussian, gmm
+
+    p = gmm.from_covariances(
         jnp.array([0.3, 0.7]),
         jnp.array([[-2.0], [1.0]]),
         jnp.array([0.25, 1.0]),
         "spherical",
     )
-    sample_p = lambda key, n: gmm.sample(key, params, n)[0]
-    log_p = lambda x: gmm.log_prob(params, x)
-    log_q = lambda x: norm.logpdf(x[:, 0], 0.0, 2.0)
-    est = jax.jit(lambda key: dv.kl_monte_carlo(key, sample_p, log_p, log_q, 20_000))(
-        jax.random.key(2)
-    )
+    q = gaussian.Gaussian(jnp.zeros(1), jnp.full((1, 1), 4.0))
+    # The models are pytrees: arguments of the jitted function, n static.
+    kl = jax.jit(dv.kl_monte_carlo, static_argnames="n")
+    est = kl(jax.random.key(2), p, q, n=20_000)
     pdf_p = lambda x: (
         0.3 * scipy.stats.norm(-2, 0.5).pdf(x) + 0.7 * scipy.stats.norm(1, 1).pdf(x)
     )
@@ -374,16 +375,13 @@ def test_monte_carlo_with_a_gmm(x64):
 
 
 def test_js_monte_carlo_with_a_kde(x64):
-    kde = pytest.importorskip("densax.kde")
+    from densax import gaussian, kde
+
     data = jnp.array([[-1.5], [-0.2], [0.3], [2.0], [2.4]])
     h = 0.5
-    sample_p = lambda key, n: kde.sample(key, data, h, n)
-    log_p = lambda x: kde.log_density(x, data, h)
-    sample_q = lambda key, n: 2.0 * jax.random.normal(key, (n, 1))
-    log_q = lambda x: norm.logpdf(x[:, 0], 0.0, 2.0)
-    est = jax.jit(
-        lambda key: dv.js_monte_carlo(key, sample_p, log_p, sample_q, log_q, 20_000)
-    )(jax.random.key(3))
+    p = kde.fit(data, bandwidth=h)
+    q = gaussian.Gaussian(jnp.zeros(1), jnp.full((1, 1), 4.0))
+    est = jax.jit(lambda key: dv.js_monte_carlo(key, p, q, 20_000))(jax.random.key(3))
     centres = np.asarray(data[:, 0])
     logpdf_p = lambda x: (
         scipy.special.logsumexp(scipy.stats.norm(centres, h).logpdf(x))
@@ -394,13 +392,14 @@ def test_js_monte_carlo_with_a_kde(x64):
 
 
 def test_monte_carlo_bad_input():
-    s, lp = _sampler(0.0, 1.0), norm.logpdf
+    p = _normal(0.0, 1.0)
     key = jax.random.key(0)
-    with pytest.raises(TypeError, match="log_q must be callable"):
-        dv.kl_monte_carlo(key, s, lp, None, 10)
+    with pytest.raises(TypeError, match="q must be a density model"):
+        dv.kl_monte_carlo(key, p, None, 10)
     with pytest.raises(ValueError, match="n must be >= 2"):
-        dv.kl_monte_carlo(key, s, lp, lp, 1)
-    with pytest.raises(ValueError, match=r"log_p must return one log-density per"):
-        dv.kl_monte_carlo(key, s, lambda x: jnp.sum(x), lp, 10)
-    with pytest.raises(TypeError, match="sample_q must be callable"):
-        dv.js_monte_carlo(key, s, lp, 3, lp, 10)
+        dv.kl_monte_carlo(key, p, p, 1)
+    summed = _Density(lambda x: jnp.sum(x), p.sample)
+    with pytest.raises(ValueError, match=r"q.log_prob must return one log-density"):
+        dv.kl_monte_carlo(key, p, summed, 10)
+    with pytest.raises(TypeError, match="p must be a density model"):
+        dv.js_monte_carlo(key, norm.logpdf, p, 10)

@@ -142,7 +142,7 @@ def test_bad_input_errors():
         gaussian.fit(X, reg_covar=-1.0)
     with pytest.raises(ValueError, match=r"x must have shape \[\.\.\., 3\]"):
         gaussian.log_prob(g, X[:, :2])
-    with pytest.raises(ValueError, match=r"params.cov must have shape \(3, 3\)"):
+    with pytest.raises(ValueError, match=r"model.cov must have shape \(3, 3\)"):
         gaussian.log_prob(gaussian.Gaussian(g.mean, g.cov[:2]), X)
     with pytest.raises(TypeError, match="x must have a real numeric dtype"):
         gaussian.fit(X > 0)

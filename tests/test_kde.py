@@ -53,6 +53,31 @@ def _brute_force(x, data, h, kernel, weights=None):
     )
 
 
+def _log_density(
+    x,
+    data,
+    bandwidth,
+    *,
+    kernel="gaussian",
+    sample_weight=None,
+    block_size=None,
+    axis_name=None,
+    validate=True,
+):
+    """The one-call form of the tests: kde.fit, then kde.log_prob."""
+    model = kde.fit(
+        data,
+        bandwidth=bandwidth,
+        kernel=kernel,
+        sample_weight=sample_weight,
+        axis_name=axis_name,
+        validate=validate,
+    )
+    return kde.log_prob(
+        model, x, block_size=block_size, axis_name=axis_name, validate=validate
+    )
+
+
 @pytest.fixture(scope="module")
 def points():
     """Data [120, 3], queries inside the data [40, 3] and in the tails [20, 3]."""
@@ -73,7 +98,7 @@ def test_matches_sklearn_all_kernels(x64, points, d):
     queries = np.concatenate([inside, tails])
     h = 0.6
     for kernel in KERNELS:
-        ours = np.asarray(kde.log_density(queries, data, h, kernel=kernel))
+        ours = np.asarray(_log_density(queries, data, h, kernel=kernel))
         # scikit-learn's cosine constant is wrong in even d (its 2D kernel
         # integrates to 1 - 2/pi); densax's integrates to one
         # (test_integrates_to_one).
@@ -110,7 +135,7 @@ def test_matches_scipy_gaussian_kde_weighted(x64, points):
         rule_fn = kde.scott if rule == "scott" else kde.silverman
         cov = rule_fn(data, weights)
         np.testing.assert_allclose(cov, ref.covariance, rtol=1e-13, atol=0)
-        out = kde.log_density(queries, data, rule, weights=weights)
+        out = _log_density(queries, data, rule, sample_weight=weights)
         np.testing.assert_allclose(out, ref.logpdf(queries.T), rtol=0, atol=1e-10)
 
 
@@ -124,13 +149,13 @@ def test_matrix_bandwidth_matches_scipy_mixture(x64, points):
         [stats.multivariate_normal(mu, cov).logpdf(queries) for mu in data], axis=1
     )
     ref = logsumexp(logpdf, b=w / w.sum(), axis=1)
-    out = kde.log_density(queries, data, cov, weights=w)
+    out = _log_density(queries, data, cov, sample_weight=w)
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-10)
     # A scalar h is the matrix h^2 I, for every kernel.
     for kernel in KERNELS:
         np.testing.assert_allclose(
-            kde.log_density(queries, data, 0.7, kernel=kernel),
-            kde.log_density(queries, data, 0.49 * np.eye(3), kernel=kernel),
+            _log_density(queries, data, 0.7, kernel=kernel),
+            _log_density(queries, data, 0.49 * np.eye(3), kernel=kernel),
             rtol=0,
             atol=1e-12,
         )
@@ -143,7 +168,7 @@ def test_gaussian_matmul_path_high_dimension(dtype):
     data = rng.standard_normal((150, 10))
     x = np.concatenate([rng.standard_normal((30, 10)), data[:5]])
     h = 150 ** (-1 / 14)  # Scott's factor for whitened data
-    out = kde.log_density(x.astype(dtype), data.astype(dtype), h)
+    out = _log_density(x.astype(dtype), data.astype(dtype), h)
     assert out.dtype == dtype
     ref = _brute_force(x, data, h, "gaussian")
     # float32: the distances' error is <= 4 eps max |x - mean|^2 / h^2, with
@@ -151,7 +176,7 @@ def test_gaussian_matmul_path_high_dimension(dtype):
     atol = 2e-5 if dtype == np.float32 else 1e-10
     np.testing.assert_allclose(out, ref, rtol=0, atol=atol)
     if dtype == np.float64:
-        f = jax.jit(lambda x, data, h: jnp.sum(jnp.sin(kde.log_density(x, data, h))))
+        f = jax.jit(lambda x, data, h: jnp.sum(jnp.sin(_log_density(x, data, h))))
         check_grads(f, (x[:4], data[:20], h), order=1, modes=("fwd", "rev"))
 
 
@@ -159,7 +184,7 @@ def test_gaussian_matmul_path_high_dimension(dtype):
 def test_far_queries_are_finite_and_exact(dtype, kernel):
     data = np.array([[0.0, 0.0], [0.5, -0.2], [1.0, 0.3]])
     far = np.array([[1000.0, 0.0], [-300.0, 800.0]])
-    out = kde.log_density(far.astype(dtype), data.astype(dtype), 1.0, kernel=kernel)
+    out = _log_density(far.astype(dtype), data.astype(dtype), 1.0, kernel=kernel)
     assert out.dtype == dtype
     ref = _brute_force(far, data, 1.0, kernel)
     # |log p| ~ 5e5 (gaussian) or 1e3: relative accuracy of the dtype.
@@ -172,8 +197,12 @@ def test_float32_accuracy_and_dtype(dtype, points):
     queries = np.concatenate([inside, tails])
     w = np.random.default_rng(3).uniform(0.5, 1.5, len(data))
     for kernel in ("gaussian", "epanechnikov"):
-        out = kde.log_density(
-            queries.astype(dtype), data.astype(dtype), 0.5, kernel=kernel, weights=w
+        out = _log_density(
+            queries.astype(dtype),
+            data.astype(dtype),
+            0.5,
+            kernel=kernel,
+            sample_weight=w,
         )
         assert out.dtype == dtype
         ref = _brute_force(queries, data, 0.5, kernel, w)
@@ -212,7 +241,7 @@ def test_integrates_to_one(x64, kernel):
         np.unique(np.concatenate([data, data - h, data + h, grid]))
     )
     p = np.exp(
-        kde.log_density(nodes[:, None], data[:, None], h, kernel=kernel, weights=w)
+        _log_density(nodes[:, None], data[:, None], h, kernel=kernel, sample_weight=w)
     )
     assert abs(np.sum(wts * p) - 1) < 1e-10
     # 2D, matrix bandwidth: x = x0 + L r (cos a, sin a), dx = |L| r dr da; the
@@ -223,7 +252,7 @@ def test_integrates_to_one(x64, kernel):
     r, wr = _gauss_legendre(np.array([0.0, 1.0 if kernel in COMPACT else 60.0]), 80)
     a = np.linspace(0, 2 * np.pi, 16, endpoint=False)
     u = np.stack([np.cos(a)[:, None] * r, np.sin(a)[:, None] * r], -1).reshape(-1, 2)
-    p = np.exp(kde.log_density(x0 + u @ chol.T, x0, chol @ chol.T, kernel=kernel))
+    p = np.exp(_log_density(x0 + u @ chol.T, x0, chol @ chol.T, kernel=kernel))
     total = np.sum(p.reshape(16, -1) * (r * wr)) * (2 * np.pi / 16) * 0.18
     assert abs(total - 1) < 1e-10
 
@@ -239,8 +268,8 @@ def test_check_grads_gaussian(x64, points):
     cov = jnp.array([[0.5, 0.1, 0.0], [0.1, 0.3, 0.05], [0.0, 0.05, 0.8]])
 
     def f(x, data, h, w, cov):
-        scalar = kde.log_density(x, data, h, weights=w)
-        matrix = kde.log_density(x, data, 0.5 * (cov + cov.T), weights=w)
+        scalar = _log_density(x, data, h, sample_weight=w)
+        matrix = _log_density(x, data, 0.5 * (cov + cov.T), sample_weight=w)
         return jnp.sum(jnp.sin(scalar)) + jnp.sum(jnp.cos(matrix))
 
     check_grads(jax.jit(f), (x, data, 0.6, w, cov), order=1, modes=("fwd", "rev"))
@@ -258,7 +287,9 @@ def test_check_grads_other_kernels(x64, kernel):
     w = jnp.asarray(rng.uniform(0.5, 1.5, 10))
 
     def f(x, data, h, w):
-        return jnp.sum(jnp.sin(kde.log_density(x, data, h, kernel=kernel, weights=w)))
+        return jnp.sum(
+            jnp.sin(_log_density(x, data, h, kernel=kernel, sample_weight=w))
+        )
 
     check_grads(jax.jit(f), (x, data, 1.3, w), order=1, modes=("fwd", "rev"), eps=1e-6)
 
@@ -269,8 +300,8 @@ def test_gaussian_score_and_hessian_closed_form(x64, points):
     # the custom JVP).
     data, inside, _ = points
     q, h = inside[0], 0.8
-    score = jax.grad(lambda q: kde.log_density(q, data, h))(jnp.asarray(q))
-    hess = jax.hessian(lambda q: kde.log_density(q, data, h))(jnp.asarray(q))
+    score = jax.grad(lambda q: _log_density(q, data, h))(jnp.asarray(q))
+    hess = jax.hessian(lambda q: _log_density(q, data, h))(jnp.asarray(q))
     p = np.exp(-0.5 * np.sum((q - data) ** 2, axis=1) / h**2)
     p /= p.sum()
     mean = p @ (data - q)
@@ -282,7 +313,7 @@ def test_gaussian_score_and_hessian_closed_form(x64, points):
 def test_gradient_at_zero_weight_and_cusp_is_finite(x64):
     data = jnp.array([[0.0], [1.0], [2.0]])
     w = jnp.array([1.0, 0.0, 1.0])
-    g = jax.grad(lambda w: jnp.sum(kde.log_density(data, data, 0.7, weights=w)))(w)
+    g = jax.grad(lambda w: jnp.sum(_log_density(data, data, 0.7, sample_weight=w)))(w)
     assert np.all(np.isfinite(g))
     # d/dw_j of log p(x) = k_j(x) / sum_l w_l k_l(x) - 1 / sum w, at w_j = 0 too.
     k = np.exp(-0.5 * (np.asarray(data) - np.asarray(data).T) ** 2 / 0.49)
@@ -290,9 +321,9 @@ def test_gradient_at_zero_weight_and_cusp_is_finite(x64):
     np.testing.assert_allclose(g, ref, rtol=1e-12, atol=1e-15)
     # A query on a data point sits on the exponential kernel's cusp: the
     # subgradient 0 is used for that pair, never NaN.
-    gx = jax.grad(
-        lambda x: jnp.sum(kde.log_density(x, data, 0.7, kernel="exponential"))
-    )(data)
+    gx = jax.grad(lambda x: jnp.sum(_log_density(x, data, 0.7, kernel="exponential")))(
+        data
+    )
     assert np.all(np.isfinite(gx))
 
 
@@ -301,7 +332,7 @@ def test_reverse_mode_memory_is_blocked(x64):
     x = jnp.zeros((m, 2))
     f = jax.jit(
         jax.grad(
-            lambda x, data, h: jnp.sum(kde.log_density(x, data, h, block_size=50)),
+            lambda x, data, h: jnp.sum(_log_density(x, data, h, block_size=50)),
             argnums=(0, 1, 2),
         )
     )
@@ -316,30 +347,30 @@ def test_reverse_mode_memory_is_blocked(x64):
 
 def test_jit_vmap_and_no_retrace(points):
     data, inside, _ = (jnp.asarray(a, jnp.float32) for a in points)
-    out = kde.log_density(inside, data, 0.5)
-    size = kde._log_density._cache_size()
-    again = kde.log_density(inside + 0.1, data * 1.1, 0.6)
-    assert kde._log_density._cache_size() == size
+    out = _log_density(inside, data, 0.5)
+    size = kde._log_prob._cache_size()
+    again = _log_density(inside + 0.1, data * 1.1, 0.6)
+    assert kde._log_prob._cache_size() == size
     assert not np.allclose(again, out)
-    assert kde.log_density(inside[:0], data, 0.5).shape == (0,)
-    jitted = jax.jit(lambda x, d, h: kde.log_density(x, d, h))(inside, data, 0.5)
+    assert _log_density(inside[:0], data, 0.5).shape == (0,)
+    jitted = jax.jit(lambda x, d, h: _log_density(x, d, h))(inside, data, 0.5)
     np.testing.assert_allclose(jitted, out, rtol=1e-6)
     datasets = jnp.stack([data, data * 0.5, data + 1.0])
     hs = jnp.array([0.5, 0.3, 0.8])
-    batched = jax.vmap(lambda d, h: kde.log_density(inside, d, h))(datasets, hs)
+    batched = jax.vmap(lambda d, h: _log_density(inside, d, h))(datasets, hs)
     for i in range(3):
         np.testing.assert_allclose(
-            batched[i], kde.log_density(inside, datasets[i], hs[i]), rtol=1e-6
+            batched[i], _log_density(inside, datasets[i], hs[i]), rtol=1e-6
         )
 
 
 def test_block_size_does_not_change_the_result(x64, points):
     data, inside, tails = points
     x = np.concatenate([inside, tails])
-    full = kde.log_density(x, data, 0.5, kernel="linear", block_size=len(x))
+    full = _log_density(x, data, 0.5, kernel="linear", block_size=len(x))
     for block in (1, 7):
         np.testing.assert_allclose(
-            kde.log_density(x, data, 0.5, kernel="linear", block_size=block),
+            _log_density(x, data, 0.5, kernel="linear", block_size=block),
             full,
             rtol=0,
             atol=1e-13,
@@ -357,25 +388,25 @@ def test_shard_map_equals_unsharded(x64, mesh, points):
 
     @sharded
     def density(x, data, w, cov):
-        return kde.log_density(x, data, cov, weights=w, axis_name="data")
+        return _log_density(x, data, cov, sample_weight=w, axis_name="data")
 
     np.testing.assert_allclose(
         density(inside, data, w, cov),
-        kde.log_density(inside, data, cov, weights=w),
+        _log_density(inside, data, cov, sample_weight=w),
         rtol=0,
         atol=1e-12,
     )
 
     @sharded
     def loo_and_rule(h, data, w, cov):
-        loo = kde.loo_log_likelihood(data, h, weights=w, axis_name="data")
+        loo = kde.loo_log_likelihood(data, h, sample_weight=w, axis_name="data")
         return loo, kde.scott(data, w, axis_name="data")
 
     (loo, rule), grad = jax.value_and_grad(loo_and_rule, has_aux=True)(
         0.5, data, w, cov
     )
     ref, ref_grad = jax.value_and_grad(
-        lambda h: kde.loo_log_likelihood(data, h, weights=w)
+        lambda h: kde.loo_log_likelihood(data, h, sample_weight=w)
     )(0.5)
     np.testing.assert_allclose(loo, ref, rtol=1e-13)
     np.testing.assert_allclose(grad, ref_grad, rtol=1e-12)
@@ -385,10 +416,10 @@ def test_shard_map_equals_unsharded(x64, mesh, points):
 def test_pmap_equals_unsharded(points):
     data, inside, _ = (np.asarray(a, np.float32) for a in points)
     out = jax.pmap(
-        lambda d: kde.log_density(inside, d, 0.5, kernel="cosine", axis_name="i"),
+        lambda d: _log_density(inside, d, 0.5, kernel="cosine", axis_name="i"),
         axis_name="i",
     )(data.reshape(4, 30, 3))
-    ref = kde.log_density(inside, data, 0.5, kernel="cosine")
+    ref = _log_density(inside, data, 0.5, kernel="cosine")
     np.testing.assert_allclose(out[0], ref, rtol=1e-5)
 
 
@@ -408,7 +439,7 @@ def test_loo_equals_brute_force_loop(x64, points):
             for i in range(40)
         ]
         ref = np.sum(wv * np.array(loo)) / wv.sum()
-        out = kde.loo_log_likelihood(data, 0.8, kernel=kernel, weights=weights)
+        out = kde.loo_log_likelihood(data, 0.8, kernel=kernel, sample_weight=weights)
         np.testing.assert_allclose(out, ref, rtol=0, atol=1e-10)
 
 
@@ -432,13 +463,15 @@ def test_fit_bandwidth_matches_grid_search_loo(x64, bimodal):
     scores = search.cv_results_["mean_test_score"]
     ours = np.array([kde.loo_log_likelihood(bimodal, h) for h in grid])
     np.testing.assert_allclose(ours, scores, rtol=0, atol=1e-10)
-    fit = kde.fit_bandwidth(bimodal)
+    fit = kde.fit(bimodal, bandwidth="loo")
     assert bool(fit.converged) and fit.grad_norm <= np.sqrt(np.finfo(float).eps)
     best = int(np.argmax(scores))
-    assert grid[best - 1] < fit.bandwidth < grid[best + 1]
+    assert grid[best - 1] < fit.model.bandwidth < grid[best + 1]
     assert fit.log_likelihood >= scores.max() - 1e-12
     np.testing.assert_allclose(
-        fit.log_likelihood, kde.loo_log_likelihood(bimodal, fit.bandwidth), rtol=1e-14
+        fit.log_likelihood,
+        kde.loo_log_likelihood(bimodal, fit.model.bandwidth),
+        rtol=1e-14,
     )
     trace = np.asarray(fit.trace)
     assert np.isnan(trace[int(fit.n_iter) :]).all()
@@ -447,26 +480,66 @@ def test_fit_bandwidth_matches_grid_search_loo(x64, bimodal):
 
 def test_fit_full_bandwidth(x64, points):
     data = points[0][:, :2] @ np.array([[1.0, 0.8], [0.0, 0.6]])
-    scalar = kde.fit_bandwidth(data)
-    full = kde.fit_bandwidth(data, full=True, max_iter=100)
-    assert bool(full.converged) and full.bandwidth.shape == (2, 2)
+    scalar = kde.fit(data, bandwidth="loo")
+    full = kde.fit(data, bandwidth="loo", full=True, max_iter=100)
+    assert bool(full.converged) and full.model.bandwidth.shape == (2, 2)
     assert full.log_likelihood > scalar.log_likelihood
     # A stationary point that is a maximum: random symmetric perturbations
     # of H only lower the LOO likelihood.
     rng = np.random.default_rng(8)
     for _ in range(3):
         e = rng.standard_normal((2, 2)) * 1e-3
-        perturbed = full.bandwidth + e + e.T
+        perturbed = full.model.bandwidth + e + e.T
         assert kde.loo_log_likelihood(data, perturbed) < full.log_likelihood
 
 
 def test_fit_bandwidth_float32_and_other_kernel(bimodal):
-    fit = kde.fit_bandwidth(bimodal.astype(np.float32), kernel="epanechnikov")
-    assert fit.bandwidth.dtype == np.float32 and bool(fit.converged)
+    fit = kde.fit(bimodal.astype(np.float32), bandwidth="loo", kernel="epanechnikov")
+    assert fit.model.bandwidth.dtype == np.float32 and bool(fit.converged)
     with jax.enable_x64(True):
-        grid = np.linspace(0.9 * fit.bandwidth, 1.1 * fit.bandwidth, 21)
+        grid = np.linspace(0.9 * fit.model.bandwidth, 1.1 * fit.model.bandwidth, 21)
         loo = [kde.loo_log_likelihood(bimodal, h, kernel="epanechnikov") for h in grid]
-    assert abs(grid[int(np.argmax(loo))] / fit.bandwidth - 1) <= 0.011
+    assert abs(grid[int(np.argmax(loo))] / fit.model.bandwidth - 1) <= 0.011
+
+
+@pytest.mark.parametrize(
+    "full", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["h", "H"]
+)
+def test_loo_fit_gradient_implicit_matches_central_differences(x64, points, full):
+    # The LOO-optimal bandwidth as a function of the data and the weights
+    # (implicit function theorem at grad LOO = 0), against central differences
+    # of the converged fit along random directions. tol=1e-12 on the gradient
+    # norm puts theta within ~1e-12 of the optimum, so the differences (step
+    # 1e-5, truncation ~1e-10) check the derivative to ~1e-7.
+    data = jnp.asarray(points[0][:40, :2])
+    w = jnp.linspace(0.5, 1.5, 40)
+    rng = np.random.default_rng(12)
+
+    def f(data, w):
+        res = kde.fit(
+            data,
+            bandwidth="loo",
+            sample_weight=w,
+            full=full,
+            tol=1e-12,
+            max_iter=100,
+            validate=False,
+        )
+        h = res.model.bandwidth
+        return jnp.sum(h * (1.0 + jnp.arange(h.size).reshape(h.shape)))
+
+    f_jit = jax.jit(f)
+    grads = jax.jit(jax.grad(f, argnums=(0, 1)))(data, w)
+    for which, grad in enumerate(grads):
+        v = jnp.asarray(rng.normal(size=grad.shape))
+
+        def shifted(t, v=v, which=which):
+            args = [data, w]
+            args[which] = args[which] + t * v
+            return f_jit(*args)
+
+        fd = (shifted(1e-5) - shifted(-1e-5)) / 2e-5
+        assert abs(jnp.vdot(grad, v) - fd) <= 1e-5 * abs(fd), which
 
 
 # --------------------------------------------------------------------------
@@ -479,9 +552,8 @@ def test_sample_radial_law_and_bandwidth(kernel):
     # r^2 k(r) / Z, tested by Kolmogorov-Smirnov (fixed key, so deterministic;
     # a correct sampler fails with probability 1e-3).
     chol = np.array([[1.0, 0.0, 0.0], [0.5, 0.8, 0.0], [-0.3, 0.2, 0.4]])
-    x = kde.sample(
-        jax.random.key(1), np.zeros((1, 3)), chol @ chol.T, 4000, kernel=kernel
-    )
+    model = kde.fit(np.zeros((1, 3)), bandwidth=chol @ chol.T, kernel=kernel)
+    x = kde.sample(jax.random.key(1), model, 4000)
     r = np.linalg.norm(np.linalg.solve(chol, np.asarray(x, np.float64).T), axis=0)
     top = 1.0 if kernel in COMPACT else 60.0
 
@@ -500,7 +572,8 @@ def test_sample_radial_law_and_bandwidth(kernel):
 def test_sample_weights_and_scalar_bandwidth(key):
     data = jnp.array([[-10.0, 0.0], [0.0, 0.0], [10.0, 0.0]])
     w = jnp.array([0.2, 0.0, 0.8])
-    x = kde.sample(key, data, 0.5, 20000, kernel="tophat", weights=w)
+    model = kde.fit(data, bandwidth=0.5, kernel="tophat", sample_weight=w)
+    x = kde.sample(key, model, 20000)
     assert x.shape == (20000, 2) and x.dtype == jnp.float32
     left = np.mean(np.asarray(x[:, 0]) < -5)
     # Binomial(20000, 0.2): standard error 0.0028; 5 standard errors.
@@ -516,55 +589,57 @@ def test_bad_input_raises():
     data = np.random.default_rng(9).standard_normal((20, 2))
     x = data[:3]
     with pytest.raises(ValueError, match="bandwidth must be > 0"):
-        kde.log_density(x, data, 0.0)
+        _log_density(x, data, 0.0)
     with pytest.raises(ValueError, match="bandwidth must be > 0"):
-        kde.log_density(x, data, -1.0)
+        _log_density(x, data, -1.0)
     with pytest.raises(ValueError, match="positive-definite"):
-        kde.log_density(x, data, np.array([[1.0, 2.0], [2.0, 1.0]]))
+        _log_density(x, data, np.array([[1.0, 2.0], [2.0, 1.0]]))
     with pytest.raises(ValueError, match="symmetric"):
-        kde.log_density(x, data, np.array([[1.0, 0.5], [0.0, 1.0]]))
+        _log_density(x, data, np.array([[1.0, 0.5], [0.0, 1.0]]))
     with pytest.raises(ValueError, match=r"bandwidth must be a scalar or a \[2, 2\]"):
-        kde.log_density(x, data, np.eye(3))
+        _log_density(x, data, np.eye(3))
     with pytest.raises(ValueError, match="bandwidth must have rank"):
-        kde.log_density(x, data, np.ones(2))
+        _log_density(x, data, np.ones(2))
     with pytest.raises(ValueError, match="bandwidth must be one of 'scott'"):
-        kde.log_density(x, data, "silvermann")
+        _log_density(x, data, "silvermann")
     with pytest.raises(ValueError, match="same dimension"):
-        kde.log_density(np.zeros((3, 3)), data, 1.0)
+        _log_density(np.zeros((3, 3)), data, 1.0)
     with pytest.raises(ValueError, match="x must have rank"):
-        kde.log_density(np.zeros((3, 2, 1)), data, 1.0)
+        _log_density(np.zeros((3, 2, 1)), data, 1.0)
     with pytest.raises(TypeError, match="x must have a real numeric dtype"):
-        kde.log_density(x.astype(complex), data, 1.0)
-    with pytest.raises(ValueError, match="weights must be non-negative"):
-        kde.log_density(x, data, 1.0, weights=-np.ones(20))
-    with pytest.raises(ValueError, match="weights must have a positive sum"):
-        kde.log_density(x, data, 1.0, weights=np.zeros(20))
-    with pytest.raises(ValueError, match=r"weights must have shape \(20,\)"):
-        kde.log_density(x, data, 1.0, weights=np.ones(19))
+        _log_density(x.astype(complex), data, 1.0)
+    with pytest.raises(ValueError, match="sample_weight must be non-negative"):
+        _log_density(x, data, 1.0, sample_weight=-np.ones(20))
+    with pytest.raises(ValueError, match="sample_weight must have a positive sum"):
+        _log_density(x, data, 1.0, sample_weight=np.zeros(20))
+    with pytest.raises(ValueError, match=r"sample_weight must have shape \(20,\)"):
+        _log_density(x, data, 1.0, sample_weight=np.ones(19))
     with pytest.raises(ValueError, match="kernel must be one of 'gaussian'"):
-        kde.log_density(x, data, 1.0, kernel="box")
+        _log_density(x, data, 1.0, kernel="box")
     with pytest.raises(ValueError, match="data contains NaN"):
-        kde.log_density(x, np.where(data > 1.5, np.nan, data), 1.0)
+        _log_density(x, np.where(data > 1.5, np.nan, data), 1.0)
     with pytest.raises(ValueError, match="block_size must be >= 1"):
-        kde.log_density(x, data, 1.0, block_size=0)
+        _log_density(x, data, 1.0, block_size=0)
     with pytest.raises(ValueError, match="at least 2 points"):
         kde.loo_log_likelihood(data[:1], 1.0)
     with pytest.raises(ValueError, match="singular"):
         kde.scott(np.ones((5, 2)))
     with pytest.raises(ValueError, match=r"init must be a \[2, 2\] matrix"):
-        kde.fit_bandwidth(data, full=True, init=0.5)
+        kde.fit(data, bandwidth="loo", full=True, init=0.5)
     with pytest.raises(ValueError, match="n must be >= 0"):
-        kde.sample(jax.random.key(0), data, 1.0, -1)
+        kde.sample(jax.random.key(0), kde.fit(data, bandwidth=1.0), -1)
+    with pytest.raises(TypeError, match="model must be a KDE"):
+        kde.log_prob(data, x)
 
 
 def test_nan_query_and_traced_bad_values():
     data = np.random.default_rng(10).standard_normal((20, 2)).astype(np.float32)
     x = np.array([[0.0, 0.0], [np.nan, 0.0], [0.5, 0.5]], np.float32)
     for kernel, bw in [("gaussian", 0.5), ("tophat", 0.9), ("cosine", np.eye(2))]:
-        out = np.asarray(kde.log_density(x, data, bw, kernel=kernel))
+        out = np.asarray(_log_density(x, data, bw, kernel=kernel))
         assert np.isnan(out[1]) and np.isfinite(out[[0, 2]]).all()
     # Under jit the value checks are skipped and the documented NaN applies.
-    f = jax.jit(lambda h, w: kde.log_density(x, data, h, weights=w))
+    f = jax.jit(lambda h, w: _log_density(x, data, h, sample_weight=w))
     assert np.isnan(f(-0.5, np.ones(20))).all()
     assert np.isnan(f(0.5, -np.ones(20))).all()
     assert np.isnan(f(np.array([[1.0, 2.0], [2.0, 1.0]]), np.ones(20))).all()

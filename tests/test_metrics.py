@@ -6,7 +6,7 @@ import pytest
 from sklearn.mixture import GaussianMixture
 from sklearn.neighbors import KernelDensity
 
-from densax import datasets, metrics
+from densax import datasets, gaussian, metrics
 from densax import ot as dot
 
 
@@ -67,29 +67,32 @@ def test_mode_coverage_counts_by_hand():
     assert metrics._mode_coverage._cache_size() == compiled
 
 
-def test_kde_log_likelihood_matches_sklearn(key, x64):
+def test_heldout_log_likelihood_of_a_kde_matches_sklearn(key, x64):
+    from densax import kde
+
     x = datasets.two_moons(key, 500, dtype=jnp.float64)
     y = datasets.two_moons(jax.random.key(1), 200, dtype=jnp.float64)
     ref = KernelDensity(bandwidth=0.1).fit(np.asarray(x)).score_samples(np.asarray(y))
+    model = kde.fit(x, bandwidth=0.1)
     np.testing.assert_allclose(
-        metrics.kde_log_likelihood(x, y, bandwidth=0.1), ref.mean(), rtol=1e-10
+        metrics.heldout_log_likelihood(model, y), ref.mean(), rtol=1e-10
+    )
+    # A fit result is accepted for its .model; weights give a weighted mean.
+    result = kde.FitResult(model, *([None] * 5))
+    np.testing.assert_allclose(
+        metrics.heldout_log_likelihood(result, y), ref.mean(), rtol=1e-10
+    )
+    w = jnp.linspace(0.0, 2.0, 200)
+    np.testing.assert_allclose(
+        metrics.heldout_log_likelihood(model, y, sample_weight=w),
+        np.sum(w * ref) / np.sum(w),
+        rtol=1e-10,
     )
 
 
-def test_kde_log_likelihood_default_bandwidth_is_loo_fitted(key):
-    from densax import kde
+def test_heldout_log_likelihood_of_a_gmm_matches_sklearn(key, x64):
+    from densax import gmm
 
-    x = datasets.two_moons(key, 500)
-    y = datasets.two_moons(jax.random.key(1), 200)
-    h = float(kde.fit_bandwidth(x).bandwidth)
-    np.testing.assert_allclose(
-        metrics.kde_log_likelihood(x, y),
-        metrics.kde_log_likelihood(x, y, bandwidth=h),
-        rtol=1e-6,
-    )
-
-
-def test_gmm_log_likelihood_matches_sklearn(key, x64):
     # Three well-separated blobs: EM from any sensible start reaches the same
     # optimum; the fits stop when the mean log-likelihood changes by < 1e-3.
     centres = jnp.array([[-4.0, 0.0], [0.0, 4.0], [4.0, 0.0]], jnp.float64)
@@ -100,9 +103,12 @@ def test_gmm_log_likelihood_matches_sklearn(key, x64):
     y = centres[jnp.arange(150) % 3] + jax.random.normal(
         jax.random.key(5), (150, 2), jnp.float64
     )
-    ours = metrics.gmm_log_likelihood(jax.random.key(2), x, y, 3)
+    ours = metrics.heldout_log_likelihood(gmm.fit(jax.random.key(2), x, 3), y)
     sk = GaussianMixture(3, random_state=0).fit(np.asarray(x)).score(np.asarray(y))
     np.testing.assert_allclose(ours, sk, atol=5e-3)
+
+
+_GAUSSIAN = gaussian.Gaussian(jnp.zeros(2), jnp.eye(2))
 
 
 @pytest.mark.parametrize(
@@ -116,12 +122,15 @@ def test_gmm_log_likelihood_matches_sklearn(key, x64):
             lambda: metrics.mode_coverage(np.ones((4, 2)), np.ones((8, 2)), 0.0),
             "positive",
         ),
-        (lambda: metrics.kde_log_likelihood(np.ones(4), np.ones((4, 2))), "rank 2"),
         (
-            lambda: metrics.gmm_log_likelihood(
-                jax.random.key(0), np.ones((9, 2)), np.ones((4, 3)), 2
+            lambda: metrics.heldout_log_likelihood(_GAUSSIAN, np.ones(4)),
+            "rank 2",
+        ),
+        (
+            lambda: metrics.heldout_log_likelihood(
+                _GAUSSIAN, np.ones((4, 2)), sample_weight=np.ones(3)
             ),
-            "same dimension",
+            "sample_weight must have shape",
         ),
         (
             lambda: metrics.sw2_noise_floor(jax.random.key(0), datasets.rings, 0),
@@ -132,3 +141,5 @@ def test_gmm_log_likelihood_matches_sklearn(key, x64):
 def test_bad_inputs_raise(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+    with pytest.raises(TypeError, match="model must be a density model"):
+        metrics.heldout_log_likelihood(np.ones((4, 2)), np.ones((4, 2)))
