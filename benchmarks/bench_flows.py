@@ -77,14 +77,14 @@ def classical(train_x, test_x, quick):
     best = None
     for k in (8,) if quick else (4, 8, 16, 32):
         fit = gmm.fit(jax.random.key(k), train_x, k, n_init=2)
-        bic = float(gmm.bic(fit.params, train_x))
+        bic = float(gmm.bic(fit.model, train_x))
         if best is None or bic < best[0]:
             best = (bic, k, fit)
     _, k, fit = best
-    out["gmm"] = (float(jnp.mean(gmm.log_prob(fit.params, test_x))), f"K={k}")
-    bw = kde.fit_bandwidth(train_x)
-    h = float(bw.bandwidth)
-    out["kde"] = (float(jnp.mean(kde.log_density(test_x, train_x, h))), f"h={h:.3f}")
+    out["gmm"] = (float(jnp.mean(gmm.log_prob(fit.model, test_x))), f"K={k}")
+    model = kde.fit(train_x, bandwidth="loo").model
+    h = float(model.bandwidth)
+    out["kde"] = (float(jnp.mean(kde.log_prob(model, test_x))), f"h={h:.3f}")
     return out
 
 

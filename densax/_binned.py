@@ -66,7 +66,7 @@ Round-off: the FFT adds an absolute error of a few ``eps * max(p)``; grid
 densities below ``8 eps max(p)`` (``eps`` of the dtype) are set to ``0``, so
 compact kernels give ``-inf`` where no binned mass is near, and the log-density
 of the far tails of the gaussian and exponential kernels is not resolved (use
-the exact :func:`densax.kde.log_density` there). Outside the automatic grid
+the exact :func:`densax.kde.log_prob` there). Outside the automatic grid
 the gaussian and exponential kernels are below ``eps q0``.
 
 Derivatives: with respect to the bandwidth (through the kernel lattice and
@@ -107,7 +107,8 @@ import numpy as np
 from jax import lax
 
 from densax import _parallel
-from densax.kde import KERNELS, _log_kernel_integral
+from densax._kde_core import _log_kernel_integral
+from densax.kde import KERNELS
 
 __all__ = [
     "bin_data",

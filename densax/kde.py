@@ -1,7 +1,7 @@
 """Kernel density estimation: exact log-densities, bandwidth rules and fitting.
 
 The kernel density estimate (KDE) of points ``x_1..x_n`` in ``R^d`` with
-non-negative weights ``w_j`` is
+non-negative weights ``w_j`` is::
 
     p(x) = sum_j w_j q_H(x - x_j) / sum_j w_j,    q_H(u) = |H|^{-1/2} q(H^{-1/2} u),
 

@@ -81,7 +81,7 @@ def run_all(jax, mesh):
         res = gmm.fit(
             jax.random.key(0), x, 2, sample_weight=w, max_iter=50, axis_name="data"
         )
-        return res.params.means, res.log_likelihood, res.n_iter
+        return res.model.means, res.log_likelihood, res.n_iter
 
     means, ll, n_iter = jax.jit(
         jax.shard_map(fit, mesh=mesh, in_specs=(P("data"), P("data")), out_specs=P())
@@ -91,7 +91,8 @@ def run_all(jax, mesh):
     )
 
     def density(q, x, w):
-        return kde.log_density(q, x, 0.6, weights=w, axis_name="data")
+        model = kde.fit(x, bandwidth=0.6, sample_weight=w, axis_name="data")
+        return kde.log_prob(model, q, axis_name="data")
 
     logp = jax.jit(
         jax.shard_map(

@@ -30,7 +30,10 @@ SHAPES = {1: (256,), 2: (48, 40), 3: (20, 18, 16)}
 
 def exact_log_density(x, data, bandwidth, kernel, sample_weight=None):
     """The exact KDE (the only call of densax.kde's API in this file)."""
-    return kde.log_density(x, data, bandwidth, kernel=kernel, weights=sample_weight)
+    model = kde.fit(
+        data, bandwidth=bandwidth, kernel=kernel, sample_weight=sample_weight
+    )
+    return kde.log_prob(model, x)
 
 
 def _bandwidth(d):

@@ -3,13 +3,13 @@
 Each method is a :class:`densax.generative.method.Method` run by
 :func:`densax.generative.train`:
 
-=============  =========================================================
-``"gan"``      Jensen–Shannon GAN, non-saturating generator loss
-``"wgan-clip"`` Wasserstein GAN, critic kept Lipschitz by weight clipping
-``"wgan-gp"``  Wasserstein GAN with the gradient penalty
-``"sliced"``   generator on the squared sliced Wasserstein distance
-``"sinkhorn"`` generator on the Sinkhorn divergence
-=============  =========================================================
+===============  =========================================================
+``"gan"``        Jensen–Shannon GAN, non-saturating generator loss
+``"wgan-clip"``  Wasserstein GAN, critic kept Lipschitz by weight clipping
+``"wgan-gp"``    Wasserstein GAN with the gradient penalty
+``"sliced"``     generator on the squared sliced Wasserstein distance
+``"sinkhorn"``   generator on the Sinkhorn divergence
+===============  =========================================================
 
 Every generator is an :class:`~densax.generative.models.MLP` mapping ``z ~
 N(0, I_latent_dim)`` (or ``U(0, 1)^latent_dim`` with ``latent="uniform"``) to
@@ -221,21 +221,20 @@ class SinkhornOptions(GeneratorOptions):
 
     Attributes:
       epsilon: entropic regularisation (squared data units).
-      max_iterations: Sinkhorn iterations per problem and step, at most
-        (100: see the module docstring for why 50 is too few at ``epsilon =
-        0.01``).
-      threshold: marginal error at which Sinkhorn stops early.
+      max_iter: Sinkhorn iterations per problem and step, at most (100: see
+        the module docstring for why 50 is too few at ``epsilon = 0.01``).
+      tol: marginal error at which Sinkhorn stops early.
     """
 
     epsilon: float = 0.01
-    max_iterations: int = 100
-    threshold: float = 1e-3
+    max_iter: int = 100
+    tol: float = 1e-3
 
     def __post_init__(self):
         """Checks the Sinkhorn options too."""
         super().__post_init__()
-        _check_positive(self, "epsilon", "threshold")
-        _check_count(self, "max_iterations")
+        _check_positive(self, "epsilon", "tol")
+        _check_count(self, "max_iter")
 
 
 def _generator(options, features, dtype, rngs):
@@ -414,8 +413,8 @@ def _sinkhorn(ctx, key, fake, real):
         fake,
         real,
         epsilon=o.epsilon,
-        max_iterations=o.max_iterations,
-        threshold=o.threshold,
+        max_iter=o.max_iter,
+        tol=o.tol,
         axis_name=ctx.axis_name,
     )
 

@@ -348,15 +348,15 @@ def sinkhorn_loss(
     real: Any,
     *,
     epsilon: float = 0.01,
-    max_iterations: int = 100,
-    threshold: float = 1e-3,
+    max_iter: int = 100,
+    tol: float = 1e-3,
     axis_name: Any = None,
 ) -> jax.Array:
     """Debiased Sinkhorn divergence ``S_eps(fake, real)`` (squared Euclidean cost).
 
     The generator loss of Genevay et al. (2018) with the debiasing of Feydy et
     al. (2019), from :func:`densax.ot.sinkhorn_divergence`, differentiated by
-    the envelope theorem (one pass per problem). At most ``max_iterations``
+    the envelope theorem (one pass per problem). At most ``max_iter``
     Sinkhorn iterations per problem keep each training step's cost bounded.
     The budget matters: when the two batches' cluster counts differ and
     ``epsilon`` is far below the squared distance between clusters, the
@@ -373,8 +373,8 @@ def sinkhorn_loss(
       real: [b', d] data samples.
       epsilon: entropic regularisation, in squared data units (0.01: a blur of
         about 0.1, below the spacing of the toy datasets' structures).
-      max_iterations: iteration budget of each of the three problems.
-      threshold: L1 marginal error at which a problem stops early.
+      max_iter: iteration budget of each of the three problems.
+      tol: L1 marginal error at which a problem stops early.
       axis_name: mapped axis of a sharded batch, or None.
 
     Returns:
@@ -394,8 +394,8 @@ def sinkhorn_loss(
         fake,
         _gather(real, axis_name),
         epsilon=epsilon,
-        max_iter=max_iterations,
-        tol=threshold,
+        max_iter=max_iter,
+        tol=tol,
         axis_name=axis_name,
         validate=False,
     )
