@@ -115,6 +115,9 @@ def _plusplus(key, x, w, k):
     return centres
 
 
+_plusplus_jit = jax.jit(_plusplus, static_argnums=3)
+
+
 def _cell_sums(x, w, labels, k, axis_name):
     counts = _parallel.psum(jax.ops.segment_sum(w, labels, k), axis_name)
     sums = _parallel.psum(jax.ops.segment_sum(w[:, None] * x, labels, k), axis_name)
@@ -162,10 +165,10 @@ def _kmeans(key, x, w, init, tol, *, k, max_iter, axis_name, seed):
             s.trace.at[s.i].set(inertia),
         )
 
-    n = x.shape[0]
     start = _LloydState(
         init,
-        jnp.full(n, -1, jnp.int32),
+        # -1 everywhere, with x's type (varying over a shard_map axis).
+        jnp.where(jnp.isnan(x[:, 0]), -1, -1).astype(jnp.int32),
         jnp.int32(0),
         jnp.bool_(False),
         jnp.bool_(False),
@@ -227,7 +230,7 @@ def kmeans_plusplus(
     """
     x, w = _check_x_w(x, sample_weight, validate)
     k = _validate.check_int(k, "k", minimum=1)
-    return jax.jit(_plusplus, static_argnums=3)(key, x, w, k)
+    return _plusplus_jit(key, x, w, k)
 
 
 def kmeans(
