@@ -130,6 +130,7 @@ def _sinkhorn(x, y, a, b, epsilon, cost_fn, tol, max_iter):
         cost_fn=cost_fn,
         threshold=tol,
         max_iterations=max_iter,
+        differentiation="implicit",  # the plan and g are differentiated
         validate=False,
     )
     return out, ot.transport_plan(out)
