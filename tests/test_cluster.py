@@ -29,13 +29,15 @@ def test_kmeans_matches_sklearn_from_same_centres(weighted, x64):
     ref = KMeans(4, init=init, n_init=1, tol=0.0, max_iter=300, algorithm="lloyd")
     ref.fit(x, sample_weight=sw)
     res = cluster.kmeans(jax.random.key(0), x, 4, init=init, sample_weight=sw, tol=0.0)
-    np.testing.assert_allclose(res.centres, ref.cluster_centers_, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        res.centres, ref.cluster_centers_, rtol=1e-10, atol=1e-12
+    )
     np.testing.assert_allclose(res.inertia, ref.inertia_, rtol=1e-10)
     np.testing.assert_array_equal(res.labels, ref.labels_)
     assert res.converged and int(res.n_iter) == ref.n_iter_
     trace = np.asarray(res.trace)
     assert np.all(np.diff(trace[: int(res.n_iter)]) <= 1e-9)  # Lloyd never goes up
-    assert np.all(np.isnan(trace[int(res.n_iter):]))
+    assert np.all(np.isnan(trace[int(res.n_iter) :]))
 
 
 def test_kmeans_plusplus_dtype_vmap_and_errors(dtype):
@@ -71,12 +73,14 @@ def test_kmeans_shard_map(mesh, x64):
     ref = cluster.kmeans(jax.random.key(0), x, 4, sample_weight=w, init=init)
 
     def fn(xs, ws):
-        out = cluster.kmeans(jax.random.key(0), xs, 4, sample_weight=ws, init=init,
-                             axis_name="data")
+        out = cluster.kmeans(
+            jax.random.key(0), xs, 4, sample_weight=ws, init=init, axis_name="data"
+        )
         return out.centres, out.inertia, out.labels
 
-    sharded = jax.shard_map(fn, mesh=mesh, in_specs=(P("data"), P("data")),
-                            out_specs=(P(), P(), P("data")))
+    sharded = jax.shard_map(
+        fn, mesh=mesh, in_specs=(P("data"), P("data")), out_specs=(P(), P(), P("data"))
+    )
     centres, inertia, labels = sharded(x, w)
     np.testing.assert_allclose(centres, ref.centres, rtol=1e-12)
     np.testing.assert_allclose(inertia, ref.inertia, rtol=1e-12)
@@ -94,7 +98,9 @@ class _Uniform(NamedTuple):
     low: jax.Array
 
     def sample(self, key, n):
-        return self.low + jax.random.uniform(key, (n, self.low.shape[0]), self.low.dtype)
+        return self.low + jax.random.uniform(
+            key, (n, self.low.shape[0]), self.low.dtype
+        )
 
 
 def test_quantize_known_optima():
@@ -102,32 +108,46 @@ def test_quantize_known_optima():
     # distortion 1 / (12 k^2).
     k = 4
     q = cluster.quantize(jax.random.key(0), _Uniform(jnp.zeros(1)), k, max_iter=1000)
-    np.testing.assert_allclose(np.sort(q.centres[:, 0]), (2 * np.arange(1, k + 1) - 1) / (2 * k),
-                               atol=0.01)
+    np.testing.assert_allclose(
+        np.sort(q.centres[:, 0]), (2 * np.arange(1, k + 1) - 1) / (2 * k), atol=0.01
+    )
     np.testing.assert_allclose(q.weights, 0.25, atol=0.01)
     np.testing.assert_allclose(q.distortion, 1 / (12 * k**2), rtol=0.03)
     assert q.converged and q.trace.shape == (1000,)
     # Standard normal, two points: +-sqrt(2 / pi), distortion 1 - 2 / pi.
     q2 = cluster.quantize(jax.random.key(1), _Normal1D(jnp.zeros(1)), 2, max_iter=1000)
-    np.testing.assert_allclose(np.sort(q2.centres[:, 0]), [-np.sqrt(2 / np.pi), np.sqrt(2 / np.pi)],
-                               atol=0.02)
-    assert abs(float(q2.distortion) - (1 - 2 / np.pi)) < 4 * float(q2.distortion_se) + 0.005
+    np.testing.assert_allclose(
+        np.sort(q2.centres[:, 0]), [-np.sqrt(2 / np.pi), np.sqrt(2 / np.pi)], atol=0.02
+    )
+    assert (
+        abs(float(q2.distortion) - (1 - 2 / np.pi))
+        < 4 * float(q2.distortion_se) + 0.005
+    )
     # Lloyd on the population: the quantizer beats k-means of a small sample.
     x = np.asarray(_Normal1D(jnp.zeros(1)).sample(jax.random.key(7), 40))
     km = cluster.kmeans(jax.random.key(0), x, 2)
     c = np.sort(np.asarray(km.centres[:, 0]))
     mid = c.mean()
-    pop = (norm.expect(lambda t: (t - c[0]) ** 2, ub=mid)
-           + norm.expect(lambda t: (t - c[1]) ** 2, lb=mid))
+    pop = norm.expect(lambda t: (t - c[0]) ** 2, ub=mid) + norm.expect(
+        lambda t: (t - c[1]) ** 2, lb=mid
+    )
     assert float(q2.distortion) <= pop + 3 * float(q2.distortion_se)
 
 
 def test_quantize_not_converged_and_errors():
-    q = cluster.quantize(jax.random.key(0), _Uniform(jnp.zeros(1)), 4, max_iter=1,
-                         batch_size=8, init=jnp.array([[0.0], [0.01], [0.02], [0.03]]),
-                         n_eval=4096)
+    q = cluster.quantize(
+        jax.random.key(0),
+        _Uniform(jnp.zeros(1)),
+        4,
+        max_iter=1,
+        batch_size=8,
+        init=jnp.array([[0.0], [0.01], [0.02], [0.03]]),
+        n_eval=4096,
+    )
     assert not q.converged and q.stationarity > 0.05
     with pytest.raises(TypeError, match="sample"):
         cluster.quantize(jax.random.key(0), object(), 3)
     with pytest.raises(ValueError, match="init"):
-        cluster.quantize(jax.random.key(0), _Uniform(jnp.zeros(1)), 3, init=jnp.zeros((2, 1)))
+        cluster.quantize(
+            jax.random.key(0), _Uniform(jnp.zeros(1)), 3, init=jnp.zeros((2, 1))
+        )

@@ -32,11 +32,18 @@ def test_sinkhorn_transport_matches_pot(x64):
     ferr.fit(Xs=xs, Xt=xt)
     np.testing.assert_allclose(tr.plan, cont.coupling_, atol=1e-10)
     for pts in (xs, xnew):  # training points and new points
-        np.testing.assert_allclose(da.transform(tr, pts, out_of_sample="continuous"),
-                                   cont.transform(Xs=pts), atol=1e-6)
-        np.testing.assert_allclose(da.transform(tr, pts), ferr.transform(Xs=pts), atol=1e-6)
-    np.testing.assert_allclose(da.transfer_labels(tr, ys, 3), ferr.transform_labels(ys),
-                               atol=1e-6)
+        np.testing.assert_allclose(
+            da.transform(tr, pts, out_of_sample="continuous"),
+            cont.transform(Xs=pts),
+            atol=1e-6,
+        )
+        np.testing.assert_allclose(
+            da.transform(tr, pts), ferr.transform(Xs=pts), atol=1e-6
+        )
+    np.testing.assert_allclose(
+        da.transfer_labels(tr, ys, 3), ferr.transform_labels(ys), atol=1e-6
+    )
+
     # Gradient of transported points with respect to the target sample, along
     # a random direction, against central finite differences.
     def moved(t):
@@ -46,17 +53,23 @@ def test_sinkhorn_transport_matches_pot(x64):
     v = jax.random.normal(jax.random.key(0), xt.shape, jnp.float64)
     h = 1e-5
     fd = (moved(xt + h * v) - moved(xt - h * v)) / (2 * h)
-    np.testing.assert_allclose(jnp.vdot(jax.grad(moved)(jnp.asarray(xt)), v), fd, rtol=1e-5)
+    np.testing.assert_allclose(
+        jnp.vdot(jax.grad(moved)(jnp.asarray(xt)), v), fd, rtol=1e-5
+    )
 
 
 def test_class_regularised_and_semi_supervised_match_pot(x64):
     xs, ys, xt, yt, xnew = _domains()
-    tr = da.fit_sinkhorn(xs, xt, ys=ys, epsilon=1.0, class_reg=0.5, tol=1e-11,
-                         max_iter=5000)
-    ref = pot.da.SinkhornLpl1Transport(reg_e=1.0, reg_cl=0.5, tol=1e-14,
-                                       max_inner_iter=100000).fit(Xs=xs, ys=ys, Xt=xt)
+    tr = da.fit_sinkhorn(
+        xs, xt, ys=ys, epsilon=1.0, class_reg=0.5, tol=1e-11, max_iter=5000
+    )
+    ref = pot.da.SinkhornLpl1Transport(
+        reg_e=1.0, reg_cl=0.5, tol=1e-14, max_inner_iter=100000
+    ).fit(Xs=xs, ys=ys, Xt=xt)
     np.testing.assert_allclose(tr.plan, ref.coupling_, atol=1e-10)
-    np.testing.assert_allclose(da.transform(tr, xnew), ref.transform(Xs=xnew), atol=1e-6)
+    np.testing.assert_allclose(
+        da.transform(tr, xnew), ref.transform(Xs=xnew), atol=1e-6
+    )
     assert tr.g is None
     with pytest.raises(ValueError, match="continuous"):
         da.transform(tr, xnew, out_of_sample="continuous")
@@ -66,8 +79,9 @@ def test_class_regularised_and_semi_supervised_match_pot(x64):
     assert purity(tr) > purity(plain)
     # A few known target labels forbid the pairs that disagree (POT: limit_max).
     partial = np.where(np.arange(len(yt)) % 3 == 0, yt, -1)
-    semi = da.fit_sinkhorn(xs, xt, ys=ys, yt=partial, epsilon=1.0, tol=1e-11,
-                           max_iter=5000)
+    semi = da.fit_sinkhorn(
+        xs, xt, ys=ys, yt=partial, epsilon=1.0, tol=1e-11, max_iter=5000
+    )
     ref = pot.da.SinkhornTransport(reg_e=1.0, out_of_sample_map="ferradans", **_POT)
     ref.fit(Xs=xs, ys=ys, Xt=xt, yt=partial)
     assert semi.converged
@@ -77,7 +91,9 @@ def test_class_regularised_and_semi_supervised_match_pot(x64):
 def test_linear_transport_matches_pot(dtype):
     xs, _, xt, _, xnew = _domains(dtype)
     lin = da.fit_linear(xs, xt)
-    ref = pot.da.LinearTransport().fit(Xs=xs.astype(np.float64), Xt=xt.astype(np.float64))
+    ref = pot.da.LinearTransport().fit(
+        Xs=xs.astype(np.float64), Xt=xt.astype(np.float64)
+    )
     out = da.transform(lin, xnew)
     assert out.dtype == dtype
     tol = 1e-4 if dtype == np.float32 else 1e-10

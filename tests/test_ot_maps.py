@@ -27,34 +27,53 @@ def problem():
 def test_barycentric_projection(problem, x64):
     out, plan = problem
     t = maps.barycentric_projection(plan, out.y)
-    ref = (np.asarray(plan) / np.asarray(plan).sum(1, keepdims=True)) @ np.asarray(out.y)
+    ref = (np.asarray(plan) / np.asarray(plan).sum(1, keepdims=True)) @ np.asarray(
+        out.y
+    )
     np.testing.assert_allclose(t, ref, rtol=1e-12)
     assert t.dtype == jnp.float64
     # Only ratios within a row matter; an exact (POT) plan works the same way.
-    np.testing.assert_allclose(maps.barycentric_projection(7.0 * plan, out.y), t, rtol=1e-12)
-    exact = pot.emd(np.full(40, 1 / 40), np.full(30, 1 / 30),
-                    pot.dist(np.asarray(out.x), np.asarray(out.y)))
+    np.testing.assert_allclose(
+        maps.barycentric_projection(7.0 * plan, out.y), t, rtol=1e-12
+    )
+    exact = pot.emd(
+        np.full(40, 1 / 40),
+        np.full(30, 1 / 30),
+        pot.dist(np.asarray(out.x), np.asarray(out.y)),
+    )
     ref = pot.da.EMDTransport().fit(Xs=np.asarray(out.x), Xt=np.asarray(out.y))
-    np.testing.assert_allclose(maps.barycentric_projection(exact, out.y),
-                               ref.transform(Xs=np.asarray(out.x)), atol=1e-10)
+    np.testing.assert_allclose(
+        maps.barycentric_projection(exact, out.y),
+        ref.transform(Xs=np.asarray(out.x)),
+        atol=1e-10,
+    )
     with pytest.raises(ValueError, match="zero mass"):
         maps.barycentric_projection(plan.at[0].set(0.0), out.y)
-    assert np.all(np.isnan(jax.jit(maps.barycentric_projection)(plan.at[0].set(0.0),
-                                                               out.y)[0]))
+    assert np.all(
+        np.isnan(jax.jit(maps.barycentric_projection)(plan.at[0].set(0.0), out.y)[0])
+    )
 
 
 def test_entropic_map_matches_pot_and_plan(problem, x64):
     out, plan = problem
     # At the source points: the barycentric projection of the plan.
-    np.testing.assert_allclose(maps.entropic_map(out, out.x),
-                               maps.barycentric_projection(plan, out.y), atol=1e-9)
+    np.testing.assert_allclose(
+        maps.entropic_map(out, out.x),
+        maps.barycentric_projection(plan, out.y),
+        atol=1e-9,
+    )
     # Elsewhere: POT's SinkhornTransport "continuous" out-of-sample map.
     xn = np.random.default_rng(1).normal(size=(5, 2)) * 2
     ref = pot.da.SinkhornTransport(reg_e=0.5, tol=1e-14, max_iter=100000).fit(
-        Xs=np.asarray(out.x), Xt=np.asarray(out.y))
-    np.testing.assert_allclose(maps.entropic_map(out, xn), ref.transform(Xs=xn), atol=1e-8)
+        Xs=np.asarray(out.x), Xt=np.asarray(out.y)
+    )
+    np.testing.assert_allclose(
+        maps.entropic_map(out, xn), ref.transform(Xs=xn), atol=1e-8
+    )
     back = maps.entropic_map(out, out.y, inverse=True)
-    np.testing.assert_allclose(back, maps.barycentric_projection(plan.T, out.x), atol=1e-9)
+    np.testing.assert_allclose(
+        back, maps.barycentric_projection(plan.T, out.x), atol=1e-9
+    )
     # jit, vmap over points and gradient in x (directional finite difference).
     f = jax.jit(lambda p: maps.entropic_map(out, p[None])[0, 0])
     p0, v = jnp.asarray(xn[0]), jnp.array([0.6, -0.8])
@@ -71,15 +90,18 @@ def test_entropic_map_tends_to_gaussian_closed_form(x64):
     t = (np.arange(n) + 0.5) / n
     x, y = norm.ppf(t, 0.0, 1.0)[:, None], norm.ppf(t, 1.0, 2.0)[:, None]
     out = dot.sinkhorn(jnp.asarray(x), jnp.asarray(y), epsilon=eps, threshold=1e-9)
-    closed = og.entropic_gaussian_map((jnp.zeros(1), jnp.eye(1)),
-                                      (jnp.ones(1), 4.0 * jnp.eye(1)), eps)
+    closed = og.entropic_gaussian_map(
+        (jnp.zeros(1), jnp.eye(1)), (jnp.ones(1), 4.0 * jnp.eye(1)), eps
+    )
     pts = jnp.linspace(-1.5, 1.5, 7)[:, None]
     np.testing.assert_allclose(maps.entropic_map(out, pts), closed(pts), atol=0.02)
 
 
 def test_push_forward(dtype):
     p = gaussian.Gaussian(jnp.zeros(2, dtype), jnp.eye(2, dtype=dtype))
-    q = gaussian.Gaussian(jnp.array([1.0, -1.0], dtype), jnp.array([[2.0, 0.5], [0.5, 1.0]], dtype))
+    q = gaussian.Gaussian(
+        jnp.array([1.0, -1.0], dtype), jnp.array([[2.0, 0.5], [0.5, 1.0]], dtype)
+    )
     t = og.gaussian_monge_map(p, q)
     pushed = maps.push_forward(t, p)
     assert isinstance(pushed, gaussian.Gaussian) and pushed.cov.dtype == dtype
@@ -115,8 +137,12 @@ def test_monotone_map_1d_gaussians_and_grad(x64):
     u, v = norm.ppf(q, 0.0, 1.0), norm.ppf(q, 2.0, 3.0)
     x = jnp.linspace(-2.0, 2.0, 9)
     np.testing.assert_allclose(maps.monotone_map_1d(x, u, v), 2.0 + 3.0 * x, atol=2e-3)
-    t = og.gaussian_monge_map((jnp.zeros(1), jnp.eye(1)), (2 * jnp.ones(1), 9 * jnp.eye(1)))
-    np.testing.assert_allclose(maps.monotone_map_1d(x, u, v), t(x[:, None])[:, 0], atol=2e-3)
+    t = og.gaussian_monge_map(
+        (jnp.zeros(1), jnp.eye(1)), (2 * jnp.ones(1), 9 * jnp.eye(1))
+    )
+    np.testing.assert_allclose(
+        maps.monotone_map_1d(x, u, v), t(x[:, None])[:, 0], atol=2e-3
+    )
     slope = jax.grad(lambda s: maps.monotone_map_1d(s[None], u, v)[0])(jnp.float64(0.3))
     np.testing.assert_allclose(slope, 3.0, rtol=1e-2)
 
@@ -128,4 +154,6 @@ def test_map_input_errors(problem):
     with pytest.raises(ValueError, match="dimension"):
         maps.entropic_map(out, jnp.zeros((2, 3)))
     with pytest.raises(ValueError, match="u_weights"):
-        maps.monotone_map_1d(jnp.zeros(2), jnp.zeros(3), jnp.ones(3), u_weights=jnp.ones(2))
+        maps.monotone_map_1d(
+            jnp.zeros(2), jnp.zeros(3), jnp.ones(3), u_weights=jnp.ones(2)
+        )

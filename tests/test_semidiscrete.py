@@ -23,7 +23,11 @@ class _Model(NamedTuple):
 
 
 def _problem(dtype):
-    model = _Model(gaussian.Gaussian(jnp.zeros(2, dtype), jnp.array([[1.0, 0.3], [0.3, 0.5]], dtype)))
+    model = _Model(
+        gaussian.Gaussian(
+            jnp.zeros(2, dtype), jnp.array([[1.0, 0.3], [0.3, 0.5]], dtype)
+        )
+    )
     y = jax.random.uniform(jax.random.key(5), (8, 2), dtype, -2.0, 2.0)
     b = jax.random.uniform(jax.random.key(6), (8,), dtype) + 0.5
     return model, y, b / b.sum()
@@ -75,7 +79,9 @@ def test_entropic_vs_sinkhorn_on_samples(reference, x64):
 
 def test_float32_jit_and_errors():
     model, y, b = _problem(np.float32)
-    solve = jax.jit(lambda k, bb: sd.solve(k, model, y, b=bb, max_iter=400, n_eval=4096))
+    solve = jax.jit(
+        lambda k, bb: sd.solve(k, model, y, b=bb, max_iter=400, n_eval=4096)
+    )
     out = solve(jax.random.key(0), b)
     assert out.g.dtype == jnp.float32 and out.cost.dtype == jnp.float32
     assert np.isfinite(out.cost) and out.mass_error < 0.2
@@ -84,7 +90,9 @@ def test_float32_jit_and_errors():
     assert out0.g[0] == -np.inf
     assert not np.any(sd.assign(out0, model.sample(jax.random.key(2), 500)) == 0)
     # Two steps from g = 0 do not balance the masses: reported, not hidden.
-    early = sd.solve(jax.random.key(0), model, y, b=b, max_iter=2, n_eval=4096, tol=0.05)
+    early = sd.solve(
+        jax.random.key(0), model, y, b=b, max_iter=2, n_eval=4096, tol=0.05
+    )
     assert not early.converged and early.mass_error > 0.05
     with pytest.raises(TypeError, match="sample"):
         sd.solve(jax.random.key(0), object(), y)

@@ -683,21 +683,6 @@ from densax.ot._sinkhorn import (  # noqa: E402
 
 # Transport maps, Gaussian closed forms, semi-discrete OT, domain adaptation
 # (issue 22): submodules, with their main functions re-exported here.
-from densax.ot import da, gaussian, maps, semidiscrete  # noqa: E402
-from densax.ot.gaussian import (  # noqa: E402
-    AffineMap,
-    bures_wasserstein,
-    entropic_gaussian,
-    entropic_gaussian_map,
-    gaussian_monge_map,
-)
-from densax.ot.maps import (  # noqa: E402
-    barycentric_projection,
-    entropic_map,
-    monotone_map_1d,
-    push_forward,
-)
-
 __all__ += [
     "AffineMap",
     "barycentric_projection",
@@ -713,3 +698,18 @@ __all__ += [
     "push_forward",
     "semidiscrete",
 ]
+
+from densax.ot import da, gaussian, maps, semidiscrete  # noqa: E402
+from densax.ot.gaussian import (  # noqa: E402
+    AffineMap,
+    bures_wasserstein,
+    entropic_gaussian,
+    entropic_gaussian_map,
+    gaussian_monge_map,
+)
+from densax.ot.maps import (  # noqa: E402
+    barycentric_projection,
+    entropic_map,
+    monotone_map_1d,
+    push_forward,
+)

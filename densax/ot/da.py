@@ -99,20 +99,20 @@ class _LabelCost(costs.CostFn):
     def __init__(self, k: int):
         self.k = k
 
-    def __call__(self, x, y):  # noqa: D102
+    def __call__(self, x, y):
         d = x.shape[-1] - self.k
         return jnp.sum((x[:d] - y[:d]) ** 2) + x[d:] @ y[d:]
 
-    def all_pairs(self, x, y):  # noqa: D102
+    def all_pairs(self, x, y):
         d = x.shape[-1] - self.k
         base = _pairwise(costs.SqEuclidean(), x[:, :d], y[:, :d])
         return base + jnp.matmul(x[:, d:], y[:, d:].T, precision=_HIGHEST)
 
-    def tree_flatten(self):  # noqa: D102
+    def tree_flatten(self):
         return (), self.k
 
     @classmethod
-    def tree_unflatten(cls, aux_data, children):  # noqa: D102
+    def tree_unflatten(cls, aux_data, children):
         del children
         return cls(aux_data)
 
@@ -156,8 +156,9 @@ def _labels(labels, name, n, n_classes, validate):
 
 
 @functools.partial(jax.jit, static_argnames=("n_classes", "n_outer", "max_iter"))
-def _fit_classes(xs, xt, a, b, ys, yt, eps, eta, label_cost, tol, *, n_classes,
-                 n_outer, max_iter):
+def _fit_classes(
+    xs, xt, a, b, ys, yt, eps, eta, label_cost, tol, *, n_classes, n_outer, max_iter
+):
     dtype = xs.dtype
     hs = jax.nn.one_hot(ys, n_classes, dtype=dtype)  # -1 gives a zero row
     if yt is None:
@@ -190,7 +191,9 @@ def _fit_classes(xs, xt, a, b, ys, yt, eps, eta, label_cost, tol, *, n_classes,
 @functools.partial(jax.jit, static_argnames=("max_iter",))
 def _fit_plain(xs, xt, a, b, eps, tol, *, max_iter):
     out, plan = _sinkhorn(xs, xt, a, b, eps, costs.SqEuclidean(), tol, max_iter)
-    return CouplingTransport(xs, xt, plan, out.g, out.epsilon, out.converged, out.n_iter)
+    return CouplingTransport(
+        xs, xt, plan, out.g, out.epsilon, out.converged, out.n_iter
+    )
 
 
 def fit_sinkhorn(
@@ -408,9 +411,7 @@ def _ferradans(x, xs, xt, plan):
     return bary[nearest] + x - xs[nearest]
 
 
-def transfer_labels(
-    transport: CouplingTransport, ys: Any, n_classes: int
-) -> jax.Array:
+def transfer_labels(transport: CouplingTransport, ys: Any, n_classes: int) -> jax.Array:
     """Soft target labels: the class proportions of the mass each target gets.
 
     ``L_jc = sum_{i: ys_i = c} P_ij / sum_i P_ij``, POT's

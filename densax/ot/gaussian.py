@@ -200,7 +200,7 @@ def _bures_sq(m1, s1, m2, s2):
 
 @jax.jit
 def _monge(m1, s1, m2, s2):
-    root, inv_root, k, v = _k_eigen(s1, s2)
+    _, inv_root, k, v = _k_eigen(s1, s2)
     middle = (v * jnp.sqrt(k)) @ v.T
     lin = _sym(inv_root @ middle @ inv_root)
     return AffineMap(lin, m2 - lin @ m1)
@@ -351,9 +351,7 @@ def bures_cost_matrix(
     return jax.vmap(rows, in_axes=(0, 0, None, None))(m1, s1, m2, s2)
 
 
-def gaussian_monge_map(
-    source: Any, target: Any, *, validate: bool = True
-) -> AffineMap:
+def gaussian_monge_map(source: Any, target: Any, *, validate: bool = True) -> AffineMap:
     r"""The optimal transport (Monge) map from one Gaussian to another.
 
     ``T(x) = m_2 + A (x - m_1)`` with the symmetric positive (semi-)definite
@@ -451,7 +449,10 @@ def entropic_gaussian_map(
     limit of ``densax.ot.entropic_map`` on many samples.
 
     Args:
-      source, target, epsilon, validate: as :func:`entropic_gaussian`.
+      source: the source Gaussian, as in :func:`entropic_gaussian`.
+      target: the target Gaussian.
+      epsilon: the regularisation, a positive scalar.
+      validate: eager value checks.
 
     Returns:
       The :class:`AffineMap` ``(linear=Q, offset=m2 - Q m1)``.
@@ -484,7 +485,10 @@ def entropic_gaussian_potentials(
     = E_nu g = OT_eps / 2``, so ``E_mu f + E_nu g`` is the entropic cost.
 
     Args:
-      source, target, epsilon, validate: as :func:`entropic_gaussian`.
+      source: the source Gaussian, as in :func:`entropic_gaussian`.
+      target: the target Gaussian.
+      epsilon: the regularisation, a positive scalar.
+      validate: eager value checks.
 
     Returns:
       ``(f, g)``, two :class:`Quadratic` functions of ``[..., d]`` points.

@@ -64,9 +64,7 @@ def _pairwise(cost_fn, x, y):
     return cost_fn.all_pairs(x, y)
 
 
-def barycentric_projection(
-    plan: Any, y: Any, *, validate: bool = True
-) -> jax.Array:
+def barycentric_projection(plan: Any, y: Any, *, validate: bool = True) -> jax.Array:
     """Barycentric projection ``T(x_i) = sum_j P_ij y_j / sum_j P_ij`` of a plan.
 
     Works for any dense coupling, exact (``densax.ot.emd``) or entropic

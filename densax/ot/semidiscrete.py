@@ -103,7 +103,9 @@ def _c_transform(scores, eps):
 @functools.partial(
     jax.jit, static_argnames=("batch_size", "max_iter", "n_eval", "hard")
 )
-def _solve(key, model, y, b, eps, lr, tol, cost_fn, *, batch_size, max_iter, n_eval, hard):
+def _solve(
+    key, model, y, b, eps, lr, tol, cost_fn, *, batch_size, max_iter, n_eval, hard
+):
     dtype = y.dtype
     m = y.shape[0]
     active = b > 0
@@ -121,7 +123,9 @@ def _solve(key, model, y, b, eps, lr, tol, cost_fn, *, batch_size, max_iter, n_e
         g, g_sum = carry
         k, it = inputs
         x = model.sample(k, batch_size).astype(dtype)
-        gc, pi = _c_transform(_logits(cost_fn, x, y, jnp.where(active, g, -jnp.inf), log_b, e), e)
+        gc, pi = _c_transform(
+            _logits(cost_fn, x, y, jnp.where(active, g, -jnp.inf), log_b, e), e
+        )
         value = jnp.mean(gc) + b @ jnp.where(active, g, 0.0)
         grad = (b - jnp.mean(pi, axis=0)) / safe_b
         g = g + lr * scale / jnp.sqrt(1.0 + it / m) * jnp.where(active, grad, 0.0)
