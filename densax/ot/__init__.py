@@ -682,34 +682,7 @@ from densax.ot._sinkhorn import (  # noqa: E402
 )
 
 # Transport maps, Gaussian closed forms, semi-discrete OT, domain adaptation
-# (issue 22): submodules, with their main functions re-exported here.
-__all__ += [
-    "AffineMap",
-    "barycentric_projection",
-    "bures_wasserstein",
-    "da",
-    "entropic_gaussian",
-    "entropic_gaussian_map",
-    "entropic_map",
-    "gaussian",
-    "gaussian_monge_map",
-    "maps",
-    "monotone_map_1d",
-    "push_forward",
-    "semidiscrete",
-]
+# (issue 22), as public submodules: densax.ot.gaussian, .maps, .semidiscrete, .da.
+__all__ += ["da", "gaussian", "maps", "semidiscrete"]
 
 from densax.ot import da, gaussian, maps, semidiscrete  # noqa: E402
-from densax.ot.gaussian import (  # noqa: E402
-    AffineMap,
-    bures_wasserstein,
-    entropic_gaussian,
-    entropic_gaussian_map,
-    gaussian_monge_map,
-)
-from densax.ot.maps import (  # noqa: E402
-    barycentric_projection,
-    entropic_map,
-    monotone_map_1d,
-    push_forward,
-)

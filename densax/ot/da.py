@@ -23,7 +23,7 @@ transported source, or carries the labels to the target through the plan:
 * :func:`transfer_labels`: soft target labels ``P^T onehot(ys)``, normalised
   per target point (Redko et al. 2019).
 
-The exact (unregularised) plan comes with ``densax.ot.emd``; its transport is a
+The exact (unregularised) plan comes with ``densax.ot.emd`` (coming); its plan is a
 plan too, so it plugs into :func:`transform` and :func:`transfer_labels`
 through :class:`CouplingTransport`.
 
@@ -365,7 +365,7 @@ def transform(
       ``T(x) = T(xs_k) + x - xs_k`` with ``xs_k`` the nearest training point;
     * ``"continuous"`` (POT's ``SinkhornTransport`` default): the entropic map
       ``sum_j softmax_j((g_j - |x - xt_j|^2) / epsilon) xt_j`` (see
-      ``densax.ot.entropic_map``); needs ``g``, so only for a plan fitted
+      ``densax.ot.maps.entropic_map``); needs ``g``, so only for a plan fitted
       without labels.
 
     Args:

@@ -446,7 +446,7 @@ def entropic_gaussian_map(
     projection (the entropic map of Pooladian and Niles-Weed) is affine:
     ``T(x) = m2 + Q (x - m1)`` with ``Q = Cov_P(x, y)^T S1^(-1)``, symmetric.
     It tends to :func:`gaussian_monge_map` as ``epsilon -> 0``; it is the
-    limit of ``densax.ot.entropic_map`` on many samples.
+    limit of ``densax.ot.maps.entropic_map`` on many samples.
 
     Args:
       source: the source Gaussian, as in :func:`entropic_gaussian`.

@@ -317,7 +317,7 @@ def transport_map(result: SemidiscreteOutput, x: Any) -> jax.Array:
     Unregularised: ``T(x) = y_{assign(x)}`` (piecewise constant on the
     Laguerre cells). Entropic: the barycentric map ``sum_j pi_j(x) y_j`` with
     ``pi(x) = softmax((g_j - c(x, y_j)) / epsilon)`` (the entropic map of
-    ``densax.ot.entropic_map``).
+    ``densax.ot.maps.entropic_map``).
 
     Args:
       result: a :class:`SemidiscreteOutput`.
