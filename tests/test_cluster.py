@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
-from scipy.stats import norm
 from sklearn.cluster import KMeans
 
 from densax import cluster
@@ -40,11 +39,17 @@ def test_kmeans_matches_sklearn_from_same_centres(weighted, x64):
     assert np.all(np.isnan(trace[int(res.n_iter) :]))
 
 
-def test_kmeans_plusplus_dtype_vmap_and_errors(dtype):
+def test_kmeans_dtype(dtype):
     x, w = _data(dtype)
-    res = cluster.kmeans(jax.random.key(1), x, 4, sample_weight=w)
+    res = cluster.kmeans(jax.random.key(1), x, 4, sample_weight=w, init=x[:4])
     assert res.centres.dtype == dtype and res.inertia.dtype == dtype
     assert res.labels.shape == (240,) and res.converged
+
+
+def test_kmeans_plusplus_vmap_and_errors():
+    x, w = _data(np.float32)
+    res = cluster.kmeans(jax.random.key(1), x, 4, sample_weight=w)
+    assert res.converged
     # k-means++ finds the four blobs: inertia close to scikit-learn's best of 10.
     ref = KMeans(4, n_init=10, random_state=0).fit(x, sample_weight=w)
     assert float(res.inertia) <= 1.01 * ref.inertia_
@@ -123,15 +128,6 @@ def test_quantize_known_optima():
         abs(float(q2.distortion) - (1 - 2 / np.pi))
         < 4 * float(q2.distortion_se) + 0.005
     )
-    # Lloyd on the population: the quantizer beats k-means of a small sample.
-    x = np.asarray(_Normal1D(jnp.zeros(1)).sample(jax.random.key(7), 40))
-    km = cluster.kmeans(jax.random.key(0), x, 2)
-    c = np.sort(np.asarray(km.centres[:, 0]))
-    mid = c.mean()
-    pop = norm.expect(lambda t: (t - c[0]) ** 2, ub=mid) + norm.expect(
-        lambda t: (t - c[1]) ** 2, lb=mid
-    )
-    assert float(q2.distortion) <= pop + 3 * float(q2.distortion_se)
 
 
 def test_quantize_not_converged_and_errors():

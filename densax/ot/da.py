@@ -23,9 +23,9 @@ transported source, or carries the labels to the target through the plan:
 * :func:`transfer_labels`: soft target labels ``P^T onehot(ys)``, normalised
   per target point (Redko et al. 2019).
 
-The exact (unregularised) plan comes with ``densax.ot.emd`` (coming); its plan is a
-plan too, so it plugs into :func:`transform` and :func:`transfer_labels`
-through :class:`CouplingTransport`.
+Any other dense plan between the two samples (an exact one, say) plugs into
+:func:`transform` and :func:`transfer_labels` as a :class:`CouplingTransport`
+with ``g=None``.
 
 References:
   Courty, N., Flamary, R., Tuia, D. and Rakotomamonjy, A. (2017). Optimal
