@@ -209,7 +209,7 @@ def fit_sinkhorn(
     n_classes: int | None = None,
     label_cost: float | None = None,
     n_outer: int = 10,
-    tol: float = 1e-6,
+    tol: float | None = None,
     max_iter: int = 1000,
     validate: bool = True,
 ) -> CouplingTransport:
@@ -250,7 +250,9 @@ def fit_sinkhorn(
         would stall the convergence test in floating point).
       n_outer: majorisation steps with ``class_reg > 0`` (static; POT's
         ``max_iter``).
-      tol: Sinkhorn's tolerance on the L1 marginal error.
+      tol: Sinkhorn's tolerance on the L1 marginal error; default ``1e-8``
+        in float64 and ``1e-4`` in float32 (whose rounding floor is near
+        ``1e-7 x max cost / epsilon``).
       max_iter: Sinkhorn's iteration budget, per solve.
       validate: eager value checks.
 
@@ -280,6 +282,8 @@ def fit_sinkhorn(
         raise ValueError(f"class_reg must be >= 0, got {class_reg}")
     max_iter = _validate.check_int(max_iter, "max_iter", minimum=1)
     eps = jnp.asarray(epsilon, dtype)
+    if tol is None:
+        tol = 1e-8 if dtype == jnp.float64 else 1e-4
     if class_reg == 0 and yt is None:
         return _fit_plain(xs, xt, a, b, eps, jnp.asarray(tol, dtype), max_iter=max_iter)
     if ys is None:
