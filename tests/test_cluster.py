@@ -42,6 +42,10 @@ def test_kmeans_matches_sklearn_from_same_centres(weighted, x64):
 def test_kmeans_dtype(dtype):
     x, w = _data(dtype)
     res = cluster.kmeans(jax.random.key(1), x, 4, sample_weight=w, init=x[:4])
+    # A second call with the same shapes compiles nothing new.
+    size = cluster._kmeans._cache_size()
+    cluster.kmeans(jax.random.key(2), x + 1, 4, sample_weight=w, init=x[4:8])
+    assert cluster._kmeans._cache_size() == size
     assert res.centres.dtype == dtype and res.inertia.dtype == dtype
     assert res.labels.shape == (240,) and res.converged
 

@@ -31,6 +31,9 @@ def test_bures_matches_pot_and_dtype(dtype):
     p, q = _pair(dtype)
     w2 = og.bures_wasserstein(p, q)
     assert w2.dtype == dtype
+    size = og._bures_sq._cache_size()
+    og.bures_wasserstein(q, p)  # same shapes: no new compilation
+    assert og._bures_sq._cache_size() == size
     ref = pot.gaussian.bures_wasserstein_distance(
         *(np.asarray(v, np.float64) for v in (p.mean, q[0], p.cov, q[1]))
     )
