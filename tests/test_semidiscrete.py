@@ -63,6 +63,12 @@ def test_unregularised_vs_exact_discrete(reference, x64):
     np.testing.assert_array_equal(sd.transport_map(out, x[:50]), y[idx[:50]])
     mass = np.bincount(np.asarray(idx), minlength=8) / 20000
     np.testing.assert_allclose(mass, b, atol=0.03)
+    # Envelope gradient: d cost / d y_j = 2 mu(L_j) (y_j - mean of L_j).
+    grad = jax.grad(lambda yy: sd.solve(jax.random.key(0), model, yy, b=b).cost)(y)
+    onehot = np.eye(8)[np.asarray(idx)]
+    cell_sum = onehot.T @ np.asarray(x) / 20000
+    expected = 2 * (mass[:, None] * np.asarray(y) - cell_sum)
+    np.testing.assert_allclose(grad, expected, atol=0.03)
 
 
 def test_entropic_vs_sinkhorn_on_samples(reference, x64):

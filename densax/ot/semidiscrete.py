@@ -138,7 +138,9 @@ def _solve(
     (_, g_sum), trace = lax.scan(step, (zeros, zeros), (keys, steps))
     g = g_sum / (max_iter - start)
     g = g - b @ jnp.where(active, g, 0.0)
-    g = jnp.where(active, g, -jnp.inf)
+    # No derivative through the optimisation: at the optimum dH/dg = 0, so the
+    # derivative of H at fixed g is the derivative of the cost (envelope).
+    g = lax.stop_gradient(jnp.where(active, g, -jnp.inf))
 
     n_chunks = -(-n_eval // _EVAL_CHUNK)
 
@@ -202,6 +204,11 @@ def solve(
     ``converged`` is ``mass_error <= tol``. Even at the exact optimum the
     estimate has a floor of about ``sqrt(2 m / (pi n_eval))`` (sampling
     noise), so ``tol`` must be larger than that.
+
+    Differentiable: ``cost`` has the derivative of ``H`` at the returned
+    ``g`` (held fixed; the envelope theorem makes it the derivative of the
+    optimal cost at the optimum) with respect to ``y``, and with respect to
+    the model's parameters through reparameterised samples.
 
     Args:
       key: a PRNG key (all the randomness: the batches and the evaluation).
