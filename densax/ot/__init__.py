@@ -680,3 +680,24 @@ from densax.ot._sinkhorn import (  # noqa: E402
     transport_plan,
     wasserstein,
 )
+
+# --- Exact discrete optimal transport (implemented in densax/ot/exact.py) ---
+from densax.ot.exact import (  # noqa: E402
+    AssignmentOutput,
+    ExactOutput,
+    assignment,
+    emd,
+    emd2,
+    plan_dense,
+    wasserstein_exact,
+)
+
+__all__ += [
+    "AssignmentOutput",
+    "ExactOutput",
+    "assignment",
+    "emd",
+    "emd2",
+    "plan_dense",
+    "wasserstein_exact",
+]
