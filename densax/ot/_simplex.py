@@ -150,7 +150,9 @@ def solve(
         def ancestors(x):
             k = depth[x] - depth
             ok = k >= 0
-            return ok & (_kth(ups, jnp.full_like(nodes, x), jnp.where(ok, k, 0)) == nodes)
+            return ok & (
+                _kth(ups, jnp.full_like(nodes, x), jnp.where(ok, k, 0)) == nodes
+            )
 
         on_first, on_second = ancestors(first), ancestors(second)
         common = on_first & on_second

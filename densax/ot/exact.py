@@ -25,11 +25,15 @@ Certificate: the output carries the duals ``f``, ``g`` read from the final
 tree, ``dual_infeasibility = max(f_i + g_j - C_ij, 0)`` and the relative
 duality gap ``|<P, C> - (<a, f> + <b, g>)| / |<P, C>|``. In float64 both are
 at the level of rounding (``<= 1e-9`` on well-posed problems) when
-``converged`` is true. When ``max_iter`` stops the solver first, the plan is
-still feasible (a basis) but not certified: ``converged`` is false and the gap
-says how far it is. In float32 the pricing threshold and the potentials carry
-float32 rounding of costs of size ``~ (n + m) max|C|`` on degenerate trees, so
-expect relative gaps around ``1e-5``; use float64 when exactness matters.
+``converged`` is true. When ``max_iter`` stops the solver first,
+``converged`` is false, the gap says how far it is, and the plan is not a
+coupling: the mass still routed through the simplex's artificial start is
+missing from its marginals (:func:`emd2` then returns NaN).
+
+Float32: the pricing threshold is ``64 eps max|C|`` and the potentials carry
+float32 rounding of sizes up to ``(n + m) max|C|`` on degenerate trees, so
+expect relative gaps around ``1e-6`` to ``1e-5`` (the plan may then be one of
+several within that of the optimum); use float64 when exactness matters.
 
 Masses: weights act through their ratios; ``a`` and ``b`` are normalised to
 sum to one, so the plan is a probability coupling. An eager call with
@@ -156,7 +160,9 @@ def _cost_matrix(x, y, cost_matrix, cost_fn, validate):
         if x is not None or y is not None:
             raise ValueError("give either x and y or cost_matrix, not both")
         if cost_fn is not None:
-            raise ValueError("cost_fn applies to x and y; it cannot go with cost_matrix")
+            raise ValueError(
+                "cost_fn applies to x and y; it cannot go with cost_matrix"
+            )
         cost = _validate.as_float(cost_matrix, "cost_matrix", ndim=2)
         if 0 in cost.shape:
             raise ValueError(f"cost_matrix must not be empty, got shape {cost.shape}")
@@ -175,7 +181,8 @@ def _cost_matrix(x, y, cost_matrix, cost_fn, validate):
     cost_fn = costs.SqEuclidean() if cost_fn is None else cost_fn
     if not isinstance(cost_fn, costs.CostFn):
         raise TypeError(
-            f"cost_fn must be an ott.geometry.costs.CostFn, got {type(cost_fn).__name__}"
+            "cost_fn must be an ott.geometry.costs.CostFn, "
+            f"got {type(cost_fn).__name__}"
         )
     return cost_fn.all_pairs(x, y).astype(dtype)
 
