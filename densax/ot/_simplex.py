@@ -154,7 +154,7 @@ def solve(
                 _kth(ups, jnp.full_like(nodes, x), jnp.where(ok, k, 0)) == nodes
             )
 
-        on_first, on_second = ancestors(first), ancestors(second)
+        on_first, on_second = jax.vmap(ancestors)(jnp.stack([first, second]))
         common = on_first & on_second
         side1, side2 = on_first & ~common, on_second & ~common
         d1 = jnp.where(side1 & up, flow, jnp.inf)
@@ -218,7 +218,15 @@ def solve(
     )
     # Potentials recomputed from the tree (no drift from the pivots' updates):
     # pi[v] = pi[parent] - c when the arc points up, + c when it points down.
+    # The arcs from the root carry the big cost ART (or 0): sum the rest, then
+    # add each component's offset, relative to the component of the heaviest
+    # source, so that potentials do not round at the scale of ART.
     c = _arc_cost(src, tgt, cost, n, m, art)
     weight = jnp.where(up, -c, c).at[root].set(0)
-    pi = _tree_sums(parent, weight, levels)
+    top_arc = parent == root
+    rel = _tree_sums(parent, jnp.where(top_arc, 0, weight), levels)
+    depth, ups = _lifting(parent, levels)
+    top = _kth(ups, nodes, jnp.maximum(depth - 1, 0))
+    offset = jnp.where(nodes == root, 0, weight[top])
+    pi = rel + (offset - offset[jnp.argmax(a)])
     return SimplexResult(parent, src, tgt, flow, pi, it, npiv, clean >= n_blocks)
