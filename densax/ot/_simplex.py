@@ -17,10 +17,13 @@ the root at cost 0, the root sends each sink its demand at the big cost
 One iteration prices a block of rows of the reduced costs
 ``C_ij + pi_i - pi_j`` (block search, as in LEMON) and, when an entry is
 below ``-tol * max|C|``, pivots it in. A pivot's tree operations are done for
-all nodes at once with binary lifting (``log2 N`` gathers of size ``N``):
-the depths and the ``2^k``-th ancestors give the two paths to the apex of the
-cycle, the subtree cut off by the leaving arc and the re-rooted path, with
-no walk along the tree. The leaving arc follows LEMON's rule for strongly
+all nodes at once, with no walk along the tree: the tree also keeps a preorder
+numbering ``pre`` and subtree sizes, so that "u is an ancestor of x" is the
+interval test ``pre[u] <= pre[x] < pre[u] + size[u]``. That gives the two
+paths to the apex of the cycle and the subtree cut off by the leaving arc in
+a few elementwise operations; the new numbering (the subtree re-rooted along
+its path and moved under the entering arc's other end) is computed in closed
+form with one cumulative sum. The leaving arc follows LEMON's rule for strongly
 feasible trees (the last blocking arc met from the apex), which prevents
 cycling on degenerate problems (ties, zero weights). The solver stops after a
 full pass over the blocks finds no negative reduced cost: the tree is then
@@ -143,18 +146,13 @@ def solve(
     pi = jnp.where(pos, 0.0, art).astype(dtype).at[root].set(0)
 
     def pivot(state, i, j, rc):
-        parent, src, tgt, flow, up, pi = state
+        parent, src, tgt, flow, up, pi, pre, sub_size = state
         first, second = i, n + j
-        depth, ups = _lifting(parent, levels)
-
-        def ancestors(x):
-            k = depth[x] - depth
-            ok = k >= 0
-            return ok & (
-                _kth(ups, jnp.full_like(nodes, x), jnp.where(ok, k, 0)) == nodes
-            )
-
-        on_first, on_second = jax.vmap(ancestors)(jnp.stack([first, second]))
+        # u is an ancestor of x (or x itself) iff x's preorder number falls in
+        # u's subtree interval [pre[u], pre[u] + size[u]).
+        end = pre + sub_size
+        on_first = (pre <= pre[first]) & (pre[first] < end)
+        on_second = (pre <= pre[second]) & (pre[second] < end)
         common = on_first & on_second
         side1, side2 = on_first & ~common, on_second & ~common
         d1 = jnp.where(side1 & up, flow, jnp.inf)
@@ -162,46 +160,83 @@ def solve(
         min1, min2 = jnp.min(d1), jnp.min(d2)
         use2 = min2 <= min1
         delta = jnp.minimum(min1, min2)
-        out1 = jnp.argmax(jnp.where(side1 & (d1 == delta), depth, -1))
-        out2 = jnp.argmin(jnp.where(side2 & (d2 == delta), depth, size + 1))
+        # Along a path to the root the preorder number grows with the depth.
+        out1 = jnp.argmax(jnp.where(side1 & (d1 == delta), pre, -1))
+        out2 = jnp.argmin(jnp.where(side2 & (d2 == delta), pre, size + 1))
         u_out = jnp.where(use2, out2, out1).astype(jnp.int32)
 
         flow = flow + jnp.where(side1, jnp.where(up, -delta, delta), 0)
         flow = flow + jnp.where(side2, jnp.where(up, delta, -delta), 0)
 
+        # The subtree S cut off by the leaving arc, re-rooted at w.
         w = jnp.where(use2, second, first).astype(jnp.int32)
         other = jnp.where(use2, first, second).astype(jnp.int32)
-        k = depth - depth[u_out]
-        ok = k >= 0
-        sub = ok & (_kth(ups, nodes, jnp.where(ok, k, 0)) == u_out)
+        s0, length = pre[u_out], sub_size[u_out]
+        sub = (pre >= s0) & (pre < s0 + length)
         path = jnp.where(use2, side2, side1) & sub
         moved = path & (nodes != u_out)
         idx = jnp.where(moved, parent, size)
-        parent2 = parent.at[idx].set(nodes, mode="drop")
-        src2 = src.at[idx].set(src, mode="drop")
-        tgt2 = tgt.at[idx].set(tgt, mode="drop")
-        flow2 = flow.at[idx].set(flow, mode="drop")
-        up2 = up.at[idx].set(~up, mode="drop")
-        parent2 = parent2.at[w].set(other)
-        src2 = src2.at[w].set(first)
-        tgt2 = tgt2.at[w].set(second)
-        flow2 = flow2.at[w].set(delta)
-        up2 = up2.at[w].set(w == first)
+        parent2 = parent.at[idx].set(nodes, mode="drop").at[w].set(other)
+        src2 = src.at[idx].set(src, mode="drop").at[w].set(first)
+        tgt2 = tgt.at[idx].set(tgt, mode="drop").at[w].set(second)
+        flow2 = flow.at[idx].set(flow, mode="drop").at[w].set(delta)
+        up2 = up.at[idx].set(~up, mode="drop").at[w].set(w == first)
         shift = jnp.where(w == second, rc, -rc)
         pi2 = pi + jnp.where(sub, shift, 0)
-        return parent2, src2, tgt2, flow2, up2, pi2
+
+        # New preorder of S: w's old subtree, then for each path node p_i
+        # (i = 1..k, p_k = u_out) p_i and its old subtree minus p_(i-1)'s.
+        # Section index of v in S: k + 1 - (number of path intervals holding v).
+        n_path = jnp.sum(path)
+        cover = jnp.zeros((size + 1,), jnp.int32)
+        cover = cover.at[jnp.where(path, pre, size)].add(1, mode="drop")
+        cover = cover.at[jnp.where(path, end, size)].add(-1, mode="drop")
+        section = n_path - jnp.cumsum(cover)[pre]
+        slot = jnp.where(path, section, size)
+        pre_by = jnp.zeros((size,), jnp.int32).at[slot].set(pre, mode="drop")
+        size_by = jnp.zeros((size,), jnp.int32).at[slot].set(sub_size, mode="drop")
+        prev = jnp.maximum(section - 1, 0)
+        rel = jnp.where(
+            section == 0,
+            pre - pre[w],
+            size_by[prev]
+            + pre
+            - pre_by[section]
+            - jnp.where(pre > pre_by[prev], size_by[prev], 0),
+        )
+        size_s = jnp.where(
+            path, jnp.where(section == 0, length, length - size_by[prev]), sub_size
+        )
+        # S leaves its interval and comes back right after `other`.
+        q = pre - jnp.where(pre > s0, length, 0)
+        ins = q[other] + 1
+        pre2 = jnp.where(sub, ins + rel, q + jnp.where(q >= ins, length, 0))
+        above_out = (pre < s0) & (s0 < end)
+        above_other = (pre <= pre[other]) & (pre[other] < end)
+        size2 = jnp.where(
+            sub,
+            size_s,
+            sub_size
+            - jnp.where(above_out, length, 0)
+            + jnp.where(above_other, length, 0),
+        )
+        return parent2, src2, tgt2, flow2, up2, pi2, pre2, size2
 
     def body(carry):
         state, it, npiv, block, clean = carry
         pi = state[5]
         pi_rows = jnp.pad(pi[:n], (0, n_blocks * rows - n))
         pi_rows = lax.dynamic_slice(pi_rows, (block * rows,), (rows,))
-        rc = blocks[block] + pi_rows[:, None] - pi[n:root][None, :]
-        flat = jnp.argmin(rc.reshape(-1))
-        value = rc.reshape(-1)[flat]
+        # Two-stage argmin (row minima, then one row): XLA's CPU argmin over
+        # the whole block is several times slower than a plain min.
+        pi_cols = pi[n:root]
+        rc = blocks[block] + pi_rows[:, None] - pi_cols[None, :]
+        r = jnp.argmin(jnp.min(rc, axis=1))
+        row = blocks[block, r] + pi_rows[r] - pi_cols
+        j = jnp.argmin(row).astype(jnp.int32)
+        value = row[j]
         enter = value < -thr
-        i = (block * rows + flat // m).astype(jnp.int32)
-        j = (flat % m).astype(jnp.int32)
+        i = (block * rows + r).astype(jnp.int32)
         state = lax.cond(enter, lambda s: pivot(s, i, j, value), lambda s: s, state)
         clean = jnp.where(enter, 0, clean + 1)
         block = (block + 1) % n_blocks
@@ -212,8 +247,10 @@ def solve(
         return (clean < n_blocks) & (it < max_iter)
 
     zero = jnp.int32(0)
-    init = ((parent, src, tgt, flow, up, pi), zero, zero, zero, zero)
-    (parent, src, tgt, flow, up, _), it, npiv, _, clean = lax.while_loop(
+    pre = jnp.where(nodes == root, 0, nodes + 1).astype(jnp.int32)
+    sub_size = jnp.where(nodes == root, size, 1).astype(jnp.int32)
+    init = ((parent, src, tgt, flow, up, pi, pre, sub_size), zero, zero, zero, zero)
+    (parent, src, tgt, flow, up, *_), it, npiv, _, clean = lax.while_loop(
         cond, body, init
     )
     # Potentials recomputed from the tree (no drift from the pivots' updates):
