@@ -175,12 +175,18 @@ def solve(
         sub = (pre >= s0) & (pre < s0 + length)
         path = jnp.where(use2, side2, side1) & sub
         moved = path & (nodes != u_out)
+        # Each path node but u_out hands its arc to its parent, reversed: a
+        # node's new arc is its path child's (one scatter, then gathers).
         idx = jnp.where(moved, parent, size)
-        parent2 = parent.at[idx].set(nodes, mode="drop").at[w].set(other)
-        src2 = src.at[idx].set(src, mode="drop").at[w].set(first)
-        tgt2 = tgt.at[idx].set(tgt, mode="drop").at[w].set(second)
-        flow2 = flow.at[idx].set(flow, mode="drop").at[w].set(delta)
-        up2 = up.at[idx].set(~up, mode="drop").at[w].set(w == first)
+        child = jnp.full((size,), size, jnp.int32).at[idx].set(nodes, mode="drop")
+        takes = child < size
+        child = jnp.minimum(child, size - 1)
+        at_w = nodes == w
+        parent2 = jnp.where(at_w, other, jnp.where(takes, child, parent))
+        src2 = jnp.where(at_w, first, jnp.where(takes, src[child], src))
+        tgt2 = jnp.where(at_w, second, jnp.where(takes, tgt[child], tgt))
+        flow2 = jnp.where(at_w, delta, jnp.where(takes, flow[child], flow))
+        up2 = jnp.where(at_w, w == first, jnp.where(takes, ~up[child], up))
         shift = jnp.where(w == second, rc, -rc)
         pi2 = pi + jnp.where(sub, shift, 0)
 
@@ -188,13 +194,15 @@ def solve(
         # (i = 1..k, p_k = u_out) p_i and its old subtree minus p_(i-1)'s.
         # Section index of v in S: k + 1 - (number of path intervals holding v).
         n_path = jnp.sum(path)
-        cover = jnp.zeros((size + 1,), jnp.int32)
-        cover = cover.at[jnp.where(path, pre, size)].add(1, mode="drop")
-        cover = cover.at[jnp.where(path, end, size)].add(-1, mode="drop")
+        marks = jnp.concatenate(
+            [jnp.where(path, pre, size), jnp.where(path, end, size)]
+        )
+        signs = jnp.concatenate([jnp.ones_like(pre), -jnp.ones_like(pre)])
+        cover = jnp.zeros((size + 1,), jnp.int32).at[marks].add(signs, mode="drop")
         section = n_path - jnp.cumsum(cover)[pre]
         slot = jnp.where(path, section, size)
-        pre_by = jnp.zeros((size,), jnp.int32).at[slot].set(pre, mode="drop")
-        size_by = jnp.zeros((size,), jnp.int32).at[slot].set(sub_size, mode="drop")
+        by = jnp.zeros((size,), jnp.int32).at[slot].set(nodes, mode="drop")
+        pre_by, size_by = pre[by], sub_size[by]
         prev = jnp.maximum(section - 1, 0)
         rel = jnp.where(
             section == 0,
@@ -225,14 +233,20 @@ def solve(
     def body(carry):
         state, it, npiv, block, clean = carry
         pi = state[5]
-        pi_rows = jnp.pad(pi[:n], (0, n_blocks * rows - n))
-        pi_rows = lax.dynamic_slice(pi_rows, (block * rows,), (rows,))
+        if n_blocks == 1:
+            pi_rows = pi[:n]
+        else:
+            pi_rows = jnp.pad(pi[:n], (0, n_blocks * rows - n))
+            pi_rows = lax.dynamic_slice(pi_rows, (block * rows,), (rows,))
         # Two-stage argmin (row minima, then one row): XLA's CPU argmin over
         # the whole block is several times slower than a plain min.
         pi_cols = pi[n:root]
-        rc = blocks[block] + pi_rows[:, None] - pi_cols[None, :]
+        # With one block, index it statically (under vmap a traced index would
+        # gather a copy of every problem's matrix at each iteration).
+        block_cost = blocks[0] if n_blocks == 1 else blocks[block]
+        rc = block_cost + pi_rows[:, None] - pi_cols[None, :]
         r = jnp.argmin(jnp.min(rc, axis=1))
-        row = blocks[block, r] + pi_rows[r] - pi_cols
+        row = block_cost[r] + pi_rows[r] - pi_cols
         j = jnp.argmin(row).astype(jnp.int32)
         value = row[j]
         enter = value < -thr
