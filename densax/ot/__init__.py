@@ -686,3 +686,24 @@ from densax.ot._sinkhorn import (  # noqa: E402
 __all__ += ["da", "gaussian", "maps", "semidiscrete"]
 
 from densax.ot import da, gaussian, maps, semidiscrete  # noqa: E402
+
+# --- Exact discrete optimal transport (implemented in densax/ot/exact.py) ---
+from densax.ot.exact import (  # noqa: E402
+    AssignmentOutput,
+    ExactOutput,
+    assignment,
+    emd,
+    emd2,
+    plan_dense,
+    wasserstein_exact,
+)
+
+__all__ += [
+    "AssignmentOutput",
+    "ExactOutput",
+    "assignment",
+    "emd",
+    "emd2",
+    "plan_dense",
+    "wasserstein_exact",
+]
