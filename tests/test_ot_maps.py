@@ -128,7 +128,7 @@ def test_monotone_map_1d():
     np.testing.assert_allclose(np.sqrt(np.mean((out - u) ** 2)), w2, rtol=1e-5)
     # Monotone, continuous, and a translation beyond the data.
     grid = jnp.linspace(-5, 5, 101, dtype=dtype)
-    t = maps.monotone_map_1d(grid, u, v, u_weights=rng.uniform(size=50) + 0.1)
+    t = maps.monotone_map_1d(grid, u, v, a=rng.uniform(size=50) + 0.1)
     assert np.all(np.diff(np.asarray(t)) >= 0)
     np.testing.assert_allclose(t[-1] - t[-2], grid[-1] - grid[-2], rtol=1e-5)
 
@@ -155,7 +155,5 @@ def test_map_input_errors(problem):
         maps.barycentric_projection(plan, out.y[:3])
     with pytest.raises(ValueError, match="dimension"):
         maps.entropic_map(out, jnp.zeros((2, 3)))
-    with pytest.raises(ValueError, match="u_weights"):
-        maps.monotone_map_1d(
-            jnp.zeros(2), jnp.zeros(3), jnp.ones(3), u_weights=jnp.ones(2)
-        )
+    with pytest.raises(ValueError, match="a must have"):
+        maps.monotone_map_1d(jnp.zeros(2), jnp.zeros(3), jnp.ones(3), a=jnp.ones(2))

@@ -210,8 +210,8 @@ def monotone_map_1d(
     u: Any,
     v: Any,
     *,
-    u_weights: Any = None,
-    v_weights: Any = None,
+    a: Any = None,
+    b: Any = None,
     validate: bool = True,
 ) -> jax.Array:
     r"""The monotone (optimal) map ``T = F_v^{-1} o F_u`` on the line, at ``x``.
@@ -227,8 +227,8 @@ def monotone_map_1d(
       x: [k] points where to evaluate the map.
       u: [n] source samples.
       v: [m] target samples.
-      u_weights: [n] non-negative weights of ``u`` (uniform by default).
-      v_weights: [m] weights of ``v``.
+      a: [n] non-negative weights of ``u`` (uniform by default).
+      b: [m] weights of ``v``.
       validate: check the weights on the eager path.
 
     Returns:
@@ -253,8 +253,8 @@ def monotone_map_1d(
     for arr, name in ((u, "u"), (v, "v")):
         if arr.shape[0] == 0:
             raise ValueError(f"{name} must not be empty")
-    a = _weights(u_weights, "u_weights", u, validate)
-    b = _weights(v_weights, "v_weights", v, validate)
+    a = _weights(a, "a", u, validate)
+    b = _weights(b, "b", v, validate)
     return _monotone(x, u, v, a, b)
 
 
