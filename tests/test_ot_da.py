@@ -116,3 +116,60 @@ def test_jit_float32_and_errors():
         da.fit_sinkhorn(xs, xt, ys=ys[:3], class_reg=1.0)
     with pytest.raises(ValueError, match="epsilon"):
         da.fit_sinkhorn(xs, xt, epsilon=0.0)
+
+
+def test_exact_transport_matches_pot(x64):
+    xs, ys, xt, yt, xnew = _domains()
+    tr = da.fit_exact(xs, xt)
+    assert tr.converged and tr.plan.dtype == jnp.float64 and tr.g is None
+    ref = pot.da.EMDTransport().fit(Xs=xs, Xt=xt)
+    # Random continuous data: the optimal vertex is unique, and both simplex
+    # solvers end on it, so the plans agree to rounding.
+    np.testing.assert_allclose(tr.plan, ref.coupling_, atol=1e-12)
+    for pts in (xs, xnew):  # barycentric projection and out of sample
+        np.testing.assert_allclose(
+            da.transform(tr, pts), ref.transform(Xs=pts), atol=1e-10
+        )
+    np.testing.assert_allclose(
+        da.transfer_labels(tr, ys, 3), ref.transform_labels(ys), atol=1e-10
+    )
+    # Semi-supervised: half the target labels known, POT's limit_max=10.
+    yt_part = np.where(np.arange(len(yt)) % 2 == 0, yt, -1)
+    semi = da.fit_exact(xs, xt, ys=ys, yt=yt_part)
+    ref = pot.da.EMDTransport(limit_max=10).fit(Xs=xs, ys=ys, Xt=xt, yt=yt_part)
+    np.testing.assert_allclose(semi.plan, ref.coupling_, atol=1e-12)
+    np.testing.assert_allclose(
+        da.transform(semi, xnew), ref.transform(Xs=xnew), atol=1e-10
+    )
+    known = yt_part >= 0
+    mixed = (ys[:, None] != yt_part[None, :]) & known[None, :]
+    assert np.sum(np.asarray(semi.plan)[mixed]) == 0.0
+    # Weighted marginals against POT's emd on the same cost.
+    a = np.linspace(1.0, 2.0, len(xs))
+    b = np.linspace(2.0, 1.0, len(xt))
+    weighted = da.fit_exact(xs, xt, a=a, b=b)
+    cost = pot.dist(xs, xt)
+    np.testing.assert_allclose(
+        weighted.plan, pot.emd(a / a.sum(), b / b.sum(), cost), atol=1e-12
+    )
+
+
+def test_exact_transport_jit_vmap_float32():
+    xs, _, xt, _, xnew = _domains(np.float32)
+    shifts = jnp.array([0.0, 1.0], jnp.float32)
+    fit = jax.jit(jax.vmap(lambda s: da.fit_exact(xs, xt + s)))
+    batched = fit(shifts)
+    assert batched.plan.dtype == jnp.float32 and bool(jnp.all(batched.converged))
+    one = da.fit_exact(xs, xt + 1.0)
+    # float32: equal plans unless the simplex meets a near-tie; mass ~1e-7.
+    np.testing.assert_allclose(batched.plan[1], one.plan, atol=1e-6)
+    ref = pot.emd(
+        np.full(len(xs), 1 / len(xs)),
+        np.full(len(xt), 1 / len(xt)),
+        pot.dist(xs.astype(np.float64), xt.astype(np.float64) + 1.0),
+    )
+    np.testing.assert_allclose(one.plan, ref, atol=1e-6)
+    with pytest.raises(ValueError, match="ys"):
+        da.fit_exact(xs, xt, yt=np.zeros(len(xt), int))
+    with pytest.raises(ValueError, match="out_of_sample='continuous'"):
+        da.transform(one, xnew, out_of_sample="continuous")

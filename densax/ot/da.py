@@ -14,6 +14,9 @@ transported source, or carries the labels to the target through the plan:
   cost), and a cost for pairs whose known labels differ (for targets with a
   few labels). The same problems as POT's ``ot.da.SinkhornTransport`` and
   ``SinkhornLpl1Transport``.
+* :func:`fit_exact`: the exact (unregularised) plan between the two samples,
+  by ``densax.ot.exact.emd``, with the same label cost for semi-supervised
+  targets as POT's ``ot.da.EMDTransport`` (``limit_max``).
 * :func:`fit_linear`: the affine Monge map between the Gaussians fitted to
   the two samples (POT's ``ot.da.LinearTransport``).
 * :func:`transform`: transported source points, at the training points
@@ -23,7 +26,7 @@ transported source, or carries the labels to the target through the plan:
 * :func:`transfer_labels`: soft target labels ``P^T onehot(ys)``, normalised
   per target point (Redko et al. 2019).
 
-Any other dense plan between the two samples (an exact one, say) plugs into
+Any other dense plan between the two samples plugs into
 :func:`transform` and :func:`transfer_labels` as a :class:`CouplingTransport`
 with ``g=None``.
 
@@ -58,11 +61,13 @@ from ott.geometry import costs
 
 from densax import _validate
 from densax import gaussian as _gaussian
+from densax.ot import exact as _exact
 from densax.ot.gaussian import AffineMap, gaussian_monge_map
 from densax.ot.maps import _pairwise
 
 __all__ = [
     "CouplingTransport",
+    "fit_exact",
     "fit_linear",
     "fit_sinkhorn",
     "transfer_labels",
@@ -82,9 +87,9 @@ class CouplingTransport(NamedTuple):
     xt: jax.Array  # [m, d] target points
     plan: jax.Array  # [n, m] the coupling (sums to 1)
     g: jax.Array | None  # [m] target potential of the entropic problem, or None
-    epsilon: jax.Array  # [] regularisation of the (last) Sinkhorn solve
-    converged: jax.Array  # [] bool: the (last) Sinkhorn solve converged
-    n_iter: jax.Array  # [] int32 Sinkhorn iterations, all solves together
+    epsilon: jax.Array  # [] regularisation of the (last) Sinkhorn solve; 0: exact
+    converged: jax.Array  # [] bool: the (last) solve converged
+    n_iter: jax.Array  # [] int32 Sinkhorn iterations (all solves) or simplex pivots
 
 
 @jax.tree_util.register_pytree_node_class
@@ -312,6 +317,108 @@ def fit_sinkhorn(
         n_outer=n_outer,
         max_iter=max_iter,
     )
+
+
+@functools.partial(jax.jit, static_argnames=("max_iter", "tol"))
+def _fit_exact(xs, xt, a, b, ys, yt, label_cost, *, max_iter, tol):
+    cost = _pairwise(costs.SqEuclidean(), xs, xt)
+    if yt is not None:
+        known = (ys[:, None] >= 0) & (yt[None, :] >= 0)
+        mismatch = known & (ys[:, None] != yt[None, :])
+        cost = jnp.where(mismatch, jnp.maximum(cost, label_cost), cost)
+    out = _exact.emd(
+        a=a, b=b, cost_matrix=cost, max_iter=max_iter, tol=tol, validate=False
+    )
+    plan = out.plan_dense(cost.shape)
+    zero = jnp.zeros((), xs.dtype)
+    return CouplingTransport(xs, xt, plan, None, zero, out.converged, out.n_iter)
+
+
+def fit_exact(
+    xs: Any,
+    xt: Any,
+    *,
+    ys: Any = None,
+    yt: Any = None,
+    a: Any = None,
+    b: Any = None,
+    label_cost: float | None = None,
+    max_iter: int | None = None,
+    tol: float | None = None,
+    validate: bool = True,
+) -> CouplingTransport:
+    r"""Exact optimal transport from a source sample to a target sample.
+
+    The plan of ``densax.ot.exact.emd(xs, xt, a=a, b=b)`` for the squared
+    Euclidean cost: the coupling of POT's ``ot.da.EMDTransport`` (Courty et al.
+    2017, without regularisation). Its barycentric projection moves each source
+    point to a weighted mean of at most a few target points (the plan has at
+    most ``n + m - 1`` non-zero entries), and :func:`transform` (rule
+    ``"ferradans"``) extends it to new points; :func:`transfer_labels` carries
+    the source labels to the target.
+
+    Semi-supervised targets: with both ``ys`` and ``yt`` (``-1`` for an
+    unknown label), a pair of known, different labels costs ``max(C_ij,
+    label_cost)``, as POT's ``EMDTransport(limit_max=...)`` with ``label_cost
+    = limit_max * max C``.
+
+    Args:
+      xs: [n, d] source points.
+      xt: [m, d] target points.
+      ys: [n] int source labels (``-1``: unlabelled); used only with ``yt``.
+      yt: [m] int target labels, ``-1`` where unknown.
+      a: [n] source weights (uniform by default; normalised).
+      b: [m] target weights (uniform by default; normalised).
+      label_cost: the cost of a pair with known, different labels; default
+        ``10 max_ij |xs_i - xt_j|^2`` (POT's default ``limit_max=10``).
+      max_iter: most block searches of the simplex (default: ``emd``'s).
+      tol: its pricing tolerance (default: ``emd``'s).
+      validate: eager value checks (finite points, valid weights and labels).
+
+    Returns:
+      A :class:`CouplingTransport` with the dense ``[n, m]`` plan, ``g=None``
+      (no entropic potential: out of sample use ``"ferradans"``),
+      ``epsilon=0``, ``converged`` (the simplex certified optimality) and
+      ``n_iter`` (its pivots).
+
+    Raises:
+      ValueError: shapes or labels that do not fit, ``yt`` without ``ys``;
+        eagerly, non-finite points or invalid weights.
+
+    References:
+      Courty et al. (2017); Ferradans et al. (2014).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> xs = jnp.array([[0.0], [1.0], [2.0]])
+      >>> tr = fit_exact(xs, xs + 5.0)
+      >>> transform(tr, xs).tolist(), bool(tr.converged)
+      ([[5.0], [6.0], [7.0]], True)
+      >>> transform(tr, jnp.array([[0.5]])).tolist()  # nearest source: 0 or 1
+      [[5.5]]
+    """
+    dtype = _validate.common_float_dtype(xs, xt)
+    xs = _validate.as_float(xs, "xs", ndim=2, dtype=dtype)
+    xt = _validate.as_float(xt, "xt", ndim=2, dtype=dtype)
+    _validate.check_same_last_dim(xs, xt, "xs", "xt")
+    _validate.check_finite(xs, "xs", validate)
+    _validate.check_finite(xt, "xt", validate)
+    n, m = xs.shape[0], xt.shape[0]
+    a = _weights(a, "a", n, dtype, validate)
+    b = _weights(b, "b", m, dtype, validate)
+    if yt is None:
+        ys = None
+        label_cost = jnp.zeros((), dtype)
+    else:
+        if ys is None:
+            raise ValueError("yt needs the source labels ys")
+        big = jnp.iinfo(jnp.int32).max
+        ys = _labels(ys, "ys", n, big, validate)
+        yt = _labels(yt, "yt", m, big, validate)
+        if label_cost is None:
+            label_cost = 10.0 * jnp.max(_pairwise(costs.SqEuclidean(), xs, xt))
+        label_cost = _validate.as_float(label_cost, "label_cost", ndim=0, dtype=dtype)
+    return _fit_exact(xs, xt, a, b, ys, yt, label_cost, max_iter=max_iter, tol=tol)
 
 
 def fit_linear(

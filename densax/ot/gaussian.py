@@ -617,8 +617,13 @@ def _mixture_core(w1, m1, s1, w2, m2, s2, *, max_iter, tol):
     a, b = w1 / jnp.sum(w1), w2 / jnp.sum(w2)
     rows = jax.vmap(_bures_sq, in_axes=(None, None, 0, 0))
     cost_matrix = jax.vmap(rows, in_axes=(0, 0, None, None))(m1, s1, m2, s2)
-    out = _exact._emd_core(
-        _stop(a), _stop(b), _stop(cost_matrix), max_iter=max_iter, tol=tol
+    out = _exact.emd(
+        a=_stop(a),
+        b=_stop(b),
+        cost_matrix=_stop(cost_matrix),
+        max_iter=max_iter,
+        tol=tol,
+        validate=False,
     )
     plan = out.plan_dense(cost_matrix.shape)
     # Envelope theorem: d cost = <P, dC> + <f, da> + <g, db> at the optimum
@@ -734,5 +739,4 @@ def mixture_wasserstein(
             f"source and target must have the same dimension, got {m1.shape[1]} "
             f"and {m2.shape[1]}"
         )
-    max_iter, tol = _exact._check_iter(max_iter, tol, m1.shape[0], m2.shape[0], dtype)
     return _mixture_core(w1, m1, s1, w2, m2, s2, max_iter=max_iter, tol=tol)
