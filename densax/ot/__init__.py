@@ -681,11 +681,12 @@ from densax.ot._sinkhorn import (  # noqa: E402
     wasserstein,
 )
 
-# Transport maps, Gaussian closed forms, semi-discrete OT, domain adaptation
-# (issue 22), as public submodules: densax.ot.gaussian, .maps, .semidiscrete, .da.
-__all__ += ["da", "gaussian", "maps", "semidiscrete"]
+# Transport maps, Gaussian and Gaussian-mixture closed forms, semi-discrete OT,
+# domain adaptation (issue 22) and exact OT, as public submodules:
+# densax.ot.gaussian, .maps, .semidiscrete, .da, .exact.
+__all__ += ["da", "exact", "gaussian", "maps", "semidiscrete"]
 
-from densax.ot import da, gaussian, maps, semidiscrete  # noqa: E402
+from densax.ot import da, exact, gaussian, maps, semidiscrete  # noqa: E402
 
 # --- Exact discrete optimal transport (implemented in densax/ot/exact.py) ---
 from densax.ot.exact import (  # noqa: E402
