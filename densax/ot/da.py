@@ -322,10 +322,11 @@ def fit_sinkhorn(
 @functools.partial(jax.jit, static_argnames=("max_iter", "tol"))
 def _fit_exact(xs, xt, a, b, ys, yt, label_cost, *, max_iter, tol):
     cost = _pairwise(costs.SqEuclidean(), xs, xt)
-    if yt is not None:
-        known = (ys[:, None] >= 0) & (yt[None, :] >= 0)
-        mismatch = known & (ys[:, None] != yt[None, :])
-        cost = jnp.where(mismatch, jnp.maximum(cost, label_cost), cost)
+    # Without labels ys = yt = -1: no pair is known, and one compiled program
+    # serves both cases.
+    known = (ys[:, None] >= 0) & (yt[None, :] >= 0)
+    mismatch = known & (ys[:, None] != yt[None, :])
+    cost = jnp.where(mismatch, jnp.maximum(cost, label_cost), cost)
     out = _exact.emd(
         a=a, b=b, cost_matrix=cost, max_iter=max_iter, tol=tol, validate=False
     )
@@ -407,14 +408,15 @@ def fit_exact(
     a = _weights(a, "a", n, dtype, validate)
     b = _weights(b, "b", m, dtype, validate)
     if yt is None:
-        ys = None
+        ys = jnp.full((n,), -1, jnp.int32)
+        yt = jnp.full((m,), -1, jnp.int32)
         label_cost = jnp.zeros((), dtype)
     else:
         if ys is None:
             raise ValueError("yt needs the source labels ys")
         big = jnp.iinfo(jnp.int32).max
-        ys = _labels(ys, "ys", n, big, validate)
-        yt = _labels(yt, "yt", m, big, validate)
+        ys = _labels(ys, "ys", n, big, validate).astype(jnp.int32)
+        yt = _labels(yt, "yt", m, big, validate).astype(jnp.int32)
         if label_cost is None:
             label_cost = 10.0 * jnp.max(_pairwise(costs.SqEuclidean(), xs, xt))
         label_cost = _validate.as_float(label_cost, "label_cost", ndim=0, dtype=dtype)
