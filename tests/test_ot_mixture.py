@@ -143,3 +143,23 @@ def test_input_errors():
         og.mixture_wasserstein((w, m, c), (-w, m, c))
     with pytest.raises(ValueError, match=r"source\.means"):
         og.mixture_wasserstein((w, m.at[0, 0].set(jnp.nan), c), (w, m, c))
+
+
+def test_random_map_draws_component_maps_and_averages_to_mean_map(x64):
+    rng = np.random.default_rng(4)
+    p, q = _mixture(rng, 3, 2, np.float64), _mixture(rng, 4, 2, np.float64)
+    out = og.mixture_wasserstein(p, q)  # shapes of the POT test: no new compile
+    x = 2.0 * rng.normal(size=(3, 2))
+    keys = jax.random.split(jax.random.key(0), 4000)
+    draws = jax.vmap(lambda k: og.mixture_random_map(k, out.map, x))(keys)
+    # Every image is T_kl(x) for a pair in the support of the plan.
+    images = np.einsum("klij,nj->klni", out.map.linear, x) + out.map.offset[:, :, None]
+    support = np.asarray(out.plan) > 0
+    for i in range(3):
+        dist = np.linalg.norm(draws[:, i, None, None] - images[None, :, :, i], axis=-1)
+        best = dist.reshape(len(keys), -1).argmin(1)
+        assert np.all(dist.reshape(len(keys), -1).min(1) < 1e-10)
+        assert np.all(support.reshape(-1)[best])
+    # The mean over draws is the mean map, within 5 Monte Carlo standard errors.
+    se = np.std(draws, axis=0) / np.sqrt(len(keys))
+    assert np.all(np.abs(np.mean(draws, axis=0) - out.map(x)) <= 5 * se + 1e-12)

@@ -12,6 +12,7 @@ For the squared Euclidean cost the transport problems between two Gaussians
   between two Gaussian mixtures (Delon and Desolneux 2020), exact discrete OT
   between the components with the squared Bures-Wasserstein ground cost, with
   its component coupling and its mean map (a :class:`GaussianMixtureMap`);
+  :func:`mixture_random_map` draws from its random map;
 * :func:`entropic_gaussian`: entropic OT ``min_P E|x - y|^2 + eps KL(P | mu x
   nu)``, whose optimal plan is a Gaussian (Janati et al. 2020): its cost, the
   cross-covariance of the plan, and through :func:`entropic_gaussian_map` and
@@ -74,6 +75,7 @@ __all__ = [
     "entropic_gaussian_map",
     "entropic_gaussian_potentials",
     "gaussian_monge_map",
+    "mixture_random_map",
     "mixture_wasserstein",
 ]
 
@@ -645,8 +647,8 @@ def _mixture_core(w1, m1, s1, w2, m2, s2, *, max_iter, tol):
     )
 
 
-@jax.jit
-def _apply_mixture_map(tmap: GaussianMixtureMap, x):
+def _pair_log_probs(tmap: GaussianMixtureMap, x):
+    """``[K1, K2, n]`` log-probabilities ``log(w_kl p_k(x) / sum_k pi_k p_k(x))``."""
     d = x.shape[-1]
 
     def log_pdf(m, chol):
@@ -656,15 +658,71 @@ def _apply_mixture_map(tmap: GaussianMixtureMap, x):
 
     log_p = jax.vmap(log_pdf)(tmap.means, tmap.chol)  # [K1, n]
     log_w = jnp.where(tmap.weights > 0, jnp.log(tmap.weights), -jnp.inf)
-    resp = jax.nn.softmax(log_w[:, None] + log_p, axis=0)  # [K1, n], posteriors
-    # Given component k, target l is drawn with probability w_kl / pi_k.
+    # Posterior of source component k, in log space (no underflow far away).
+    log_resp = jax.nn.log_softmax(log_w[:, None] + log_p, axis=0)  # [K1, n]
+    # Given component k, target l with probability w_kl / pi_k.
     cond = tmap.plan / jnp.where(tmap.weights > 0, tmap.weights, 1.0)[:, None]
-    images = (
-        jnp.einsum("klij,nj->klni", tmap.linear, x, precision=_HIGHEST)
-        + tmap.offset[:, :, None, :]
-    )  # [K1, K2, n, d]
-    coef = resp[:, None, :] * cond[:, :, None]  # [K1, K2, n]
-    return jnp.einsum("kln,klni->ni", coef, images, precision=_HIGHEST)
+    log_cond = jnp.where(cond > 0, jnp.log(jnp.where(cond > 0, cond, 1.0)), -jnp.inf)
+    return log_resp[:, None, :] + log_cond[:, :, None]
+
+
+def _images(tmap: GaussianMixtureMap, x):
+    """``[K1, K2, n, d]``: every component map ``T_kl`` applied to every point."""
+    lin = jnp.einsum("klij,nj->klni", tmap.linear, x, precision=_HIGHEST)
+    return lin + tmap.offset[:, :, None, :]
+
+
+@jax.jit
+def _apply_mixture_map(tmap: GaussianMixtureMap, x):
+    coef = jnp.exp(_pair_log_probs(tmap, x))  # [K1, K2, n]
+    return jnp.einsum("kln,klni->ni", coef, _images(tmap, x), precision=_HIGHEST)
+
+
+@jax.jit
+def _random_mixture_map(key, tmap: GaussianMixtureMap, x):
+    k1, k2 = tmap.plan.shape
+    logits = _pair_log_probs(tmap, x).reshape(k1 * k2, -1).T  # [n, K1 K2]
+    pair = jax.random.categorical(key, logits, axis=-1)  # [n]
+    src, tgt = pair // k2, pair % k2
+    lin = tmap.linear[src, tgt]  # [n, d, d]
+    return jnp.einsum("nij,nj->ni", lin, x, precision=_HIGHEST) + tmap.offset[src, tgt]
+
+
+def mixture_random_map(key: jax.Array, tmap: GaussianMixtureMap, x: Any) -> jax.Array:
+    r"""The random map ``T_rand`` of a mixture-Wasserstein coupling.
+
+    Each point ``x`` draws a pair of components ``(k, l)`` with probability
+    ``w_kl p_k(x) / sum_k pi_k p_k(x)`` and goes to ``T_kl(x)`` (Delon and
+    Desolneux 2020, §6; POT's ``gmm_ot_apply_map(method="rand")``). Unlike the
+    mean map, it pushes the source mixture exactly onto the target mixture
+    (given ``k``, ``x ~ N_k`` and ``T_kl # N_k = N'_l``). Averaged over draws
+    it is the mean map ``tmap(x)``.
+
+    Args:
+      key: a PRNG key.
+      tmap: the :class:`GaussianMixtureMap` of :func:`mixture_wasserstein`.
+      x: [n, d] points.
+
+    Returns:
+      [n, d] images, each ``T_kl(x)`` for one drawn pair.
+
+    Raises:
+      ValueError: ``x`` is not ``[n, d]`` with the mixtures' dimension.
+
+    References:
+      Delon and Desolneux (2020), §6.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> eye = jnp.tile(jnp.eye(2), (2, 1, 1))
+      >>> p = (jnp.ones(2), jnp.array([[0.0, 0.0], [4.0, 0.0]]), eye)
+      >>> out = mixture_wasserstein(p, p)
+      >>> mixture_random_map(jax.random.key(0), out.map, jnp.ones((3, 2))).shape
+      (3, 2)
+    """
+    x = _validate.as_float(x, "x", ndim=2, dtype=tmap.means.dtype)
+    _validate.check_same_last_dim(x, tmap.means, "x", "tmap.means")
+    return _random_mixture_map(key, tmap, x)
 
 
 def mixture_wasserstein(
