@@ -17,6 +17,7 @@ import importlib
 __version__ = "0.2.0"
 
 _SUBMODULES = (
+    "cluster",
     "datasets",
     "density",
     "divergences",

@@ -707,3 +707,31 @@ from densax.ot._sinkhorn import (  # noqa: E402
     transport_plan,
     wasserstein_entropic,
 )
+
+# Transport maps, Gaussian and Gaussian-mixture closed forms, semi-discrete OT,
+# domain adaptation (issue 22) and exact OT, as public submodules:
+# densax.ot.gaussian, .maps, .semidiscrete, .da, .exact.
+__all__ += ["da", "exact", "gaussian", "maps", "semidiscrete"]
+
+from densax.ot import da, exact, gaussian, maps, semidiscrete  # noqa: E402
+
+# --- Exact discrete optimal transport (implemented in densax/ot/exact.py) ---
+from densax.ot.exact import (  # noqa: E402
+    AssignmentOutput,
+    ExactOutput,
+    assignment,
+    emd,
+    emd2,
+    plan_dense,
+    wasserstein_exact,
+)
+
+__all__ += [
+    "AssignmentOutput",
+    "ExactOutput",
+    "assignment",
+    "emd",
+    "emd2",
+    "plan_dense",
+    "wasserstein_exact",
+]
