@@ -159,8 +159,8 @@ def test_entropic_vs_discrete_sinkhorn_on_grid(x64):
         a=jnp.asarray(a),
         b=jnp.asarray(b),
         epsilon=eps,
-        threshold=1e-10,
-        max_iterations=5000,
+        tol=1e-10,
+        max_iter=5000,
     )
     ref = og.entropic_gaussian(
         (jnp.array([0.3]), jnp.array([[1.44]])),

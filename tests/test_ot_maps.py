@@ -20,7 +20,7 @@ def problem():
         rng = np.random.default_rng(0)
         x = jnp.asarray(rng.normal(size=(40, 2)))
         y = jnp.asarray(rng.normal(size=(30, 2)) * 0.7 + 2.0)
-        out = dot.sinkhorn(x, y, epsilon=0.5, threshold=1e-11, max_iterations=5000)
+        out = dot.sinkhorn(x, y, epsilon=0.5, tol=1e-11, max_iter=5000)
         yield out, dot.transport_plan(out)
 
 
@@ -89,7 +89,7 @@ def test_entropic_map_tends_to_gaussian_closed_form(x64):
     n, eps = 800, 0.5
     t = (np.arange(n) + 0.5) / n
     x, y = norm.ppf(t, 0.0, 1.0)[:, None], norm.ppf(t, 1.0, 2.0)[:, None]
-    out = dot.sinkhorn(jnp.asarray(x), jnp.asarray(y), epsilon=eps, threshold=1e-9)
+    out = dot.sinkhorn(jnp.asarray(x), jnp.asarray(y), epsilon=eps, tol=1e-9)
     closed = og.entropic_gaussian_map(
         (jnp.zeros(1), jnp.eye(1)), (jnp.ones(1), 4.0 * jnp.eye(1)), eps
     )

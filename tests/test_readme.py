@@ -21,11 +21,13 @@ def test_readme_block_runs(index):
 
 
 MODULES = (
+    "density",
     "gaussian",
     "gmm",
     "kde",
     "divergences",
     "ot",
+    "cluster",
     "datasets",
     "metrics",
     "generative",

@@ -42,7 +42,7 @@ def reference():
         xs = np.asarray(model.sample(jax.random.key(9), n))
         cost = pot.dist(xs, np.asarray(y))
         val, log = pot.emd2(np.full(n, 1 / n), np.asarray(b), cost, log=True)
-        ent = dot.sinkhorn(jnp.asarray(xs), y, b=b, epsilon=0.5, threshold=1e-8)
+        ent = dot.sinkhorn(jnp.asarray(xs), y, b=b, epsilon=0.5, tol=1e-8)
         yield val, log["v"], float(ent.reg_cost), np.asarray(ent.g)
 
 

@@ -133,8 +133,8 @@ def _sinkhorn(x, y, a, b, epsilon, cost_fn, tol, max_iter):
         b=b,
         epsilon=epsilon,
         cost_fn=cost_fn,
-        threshold=tol,
-        max_iterations=max_iter,
+        tol=tol,
+        max_iter=max_iter,
         differentiation="implicit",  # the plan and g are differentiated
         validate=False,
     )

@@ -569,7 +569,7 @@ class MixtureWassersteinOutput(NamedTuple):
 
 def _full_covariances(p: Any, name: str):
     """``(weights [K], means [K, d], covariances [K, d, d])`` of a mixture."""
-    if hasattr(p, "covariance_type"):  # densax.gmm.GMMParams
+    if hasattr(p, "covariance_type"):  # densax.gmm.GaussianMixture
         ctype = p.covariance_type
         w, m, cov = p.weights, jnp.asarray(p.means), jnp.asarray(p.covariances)
         k, d = m.shape[-2], m.shape[-1]
@@ -585,7 +585,7 @@ def _full_covariances(p: Any, name: str):
     if isinstance(p, (tuple, list)) and len(p) == 3:
         return tuple(p)
     raise TypeError(
-        f"{name} must be a densax.gmm.GMMParams or a (weights [K], means [K, d], "
+        f"{name} must be a densax.gmm.GaussianMixture or a (weights [K], means [K, d], "
         f"covariances [K, d, d]) triple, got {type(p).__name__}"
     )
 
@@ -750,7 +750,7 @@ def mixture_wasserstein(
     ``ot.gmm.gmm_ot_loss``, ``gmm_ot_plan`` and ``gmm_ot_apply_map``.
 
     Args:
-      source: the source mixture: a ``densax.gmm.GMMParams`` (any
+      source: the source mixture: a ``densax.gmm.GaussianMixture`` (any
         ``covariance_type``; tied, diagonal and spherical covariances are
         expanded to full ones) or a ``(weights [K1], means [K1, d],
         covariances [K1, d, d])`` triple. Weights act through their ratios.
@@ -768,7 +768,7 @@ def mixture_wasserstein(
       and the solver's ``converged`` and ``gap``.
 
     Raises:
-      TypeError: a measure that is neither a ``GMMParams`` nor a triple.
+      TypeError: a measure that is neither a ``GaussianMixture`` nor a triple.
       ValueError: shapes that do not match; eagerly, non-finite parameters or
         invalid weights.
 
