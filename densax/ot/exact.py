@@ -30,8 +30,8 @@ and every iterate is a coupling.
 
 Cost: a pivot is a few dozen small array kernels over ``n + m`` nodes plus
 one priced block of about 16k reduced costs, and random problems take some
-``5 n`` (uniform, small) to ``20 n`` (weighted, large) pivots, each a
-sequential step. On a CPU the per-kernel cost of XLA (dispatch, batched
+``6 n`` (``n`` in the hundreds) to ``30 n`` (``n`` in the thousands) pivots,
+each a sequential step. On a CPU the per-kernel cost of XLA (dispatch, batched
 gathers and scatters under ``vmap``) dominates, so POT's sequential C++
 simplex, which updates only the part of the tree that changes, is faster on
 a CPU, on single problems and on batches alike. Other exact methods do not
