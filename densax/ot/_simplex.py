@@ -10,9 +10,11 @@ Graph: ``n`` source nodes ``0..n-1``, ``m`` sink nodes ``n..n+m-1`` and an
 artificial root ``R = n + m``. The basis is a spanning tree stored *per
 node*: every node ``v != R`` owns the tree arc joining it to ``parent[v]``
 (its endpoints ``src[v] -> tgt[v]``, its ``flow[v]`` and whether it points
-up, ``v -> parent[v]``). The start is LEMON's: each source sends its mass to
-the root at cost 0, the root sends each sink its demand at the big cost
-``ART = (max|C| + 1) (n + m + 1)``; artificial arcs never re-enter.
+up, ``v -> parent[v]``). The start (:func:`_staircase`) is a feasible
+basis: the north-west-corner coupling of the sources and sinks sorted along
+the cost's main axis, hung from the root by one artificial arc of zero flow
+(nodes of zero mass hang from the root directly, as in LEMON's start). The
+arcs at the root point up, carry no flow and are never priced.
 
 One iteration prices a block of rows of the reduced costs
 ``C_ij + pi_i - pi_j`` (block search, as in LEMON) and, when an entry is
@@ -47,6 +49,8 @@ __all__ = ["SimplexResult", "block_rows", "solve"]
 
 # Reduced costs priced per iteration (rows of C times m), about.
 _BLOCK_ELEMENTS = 1 << 14
+# Power iterations for the main axis of the start basis.
+_POWER_STEPS = 8
 
 
 class SimplexResult(NamedTuple):
@@ -106,6 +110,112 @@ def _arc_cost(src, tgt, cost, n, m, art):
     return jnp.where(real, c, jnp.where(src == root, art, 0.0).astype(cost.dtype))
 
 
+def _principal_orders(cost: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Orders of the sources and sinks along the cross-covariance's main axis.
+
+    For ``C_ij = |x_i - y_j|^2`` the double-centred ``-C / 2`` is the Gram
+    matrix ``<x_i - x̄, y_j - ȳ>``; a few power iterations give its leading
+    singular pair, i.e. the positions of ``x`` and ``y`` along a common main
+    axis. For other costs it is only a heuristic (it affects the number of
+    pivots, never the result).
+    """
+    gram = cost - jnp.mean(cost, 1, keepdims=True) - jnp.mean(cost, 0, keepdims=True)
+    gram = -(gram + jnp.mean(cost))
+    tiny = jnp.finfo(cost.dtype).tiny
+    v = gram[jnp.argmax(jnp.sum(gram * gram, axis=1))]
+    for _ in range(_POWER_STEPS):
+        u = gram @ v
+        u = u / jnp.maximum(jnp.linalg.norm(u), tiny)
+        v = gram.T @ u
+        v = v / jnp.maximum(jnp.linalg.norm(v), tiny)
+    return jnp.argsort(gram @ v), jnp.argsort(v)
+
+
+def _staircase(a, b, cost, levels):
+    """The north-west-corner basis of the problem sorted along its main axis.
+
+    Sources and sinks of positive mass, each sorted by
+    :func:`_principal_orders`, are matched by the north-west-corner rule (the
+    monotone coupling of the two orders: near-optimal when the cost is
+    nearly that of a 1D problem), a spanning tree of ``n' + m' - 1`` arcs whose
+    first source hangs from the root by an artificial up arc. Nodes of zero
+    mass hang from the root by up arcs of zero flow (LEMON's start). At a tie
+    of the cumulative masses the source is added first, so that every
+    zero-flow arc points up: the tree is strongly feasible.
+
+    Returns:
+      parent, src, tgt, flow, up, pi, pre, sub_size of the start basis (the
+      order in which the nodes are added is a preorder of the tree).
+    """
+    n, m = cost.shape
+    dtype = cost.dtype
+    size = n + m + 1
+    root = n + m
+    order_a, order_b = _principal_orders(cost)
+    # Zero masses last (stable), so that positive masses form the staircase.
+    order_a = order_a[jnp.argsort(a[order_a] <= 0, stable=True)]
+    order_b = order_b[jnp.argsort(b[order_b] <= 0, stable=True)]
+    sa, sb = a[order_a], b[order_b]
+    hi_a, hi_b = jnp.cumsum(sa), jnp.cumsum(sb)
+    zero = jnp.zeros(1, dtype)
+    lo_a = jnp.concatenate([zero, hi_a[:-1]])
+    lo_b = jnp.concatenate([zero, hi_b[:-1]])
+    # Event k: the k-th sorted source (sink), k >= 1, joins at lo of it.
+    inf = jnp.array(jnp.inf, dtype)
+    time = jnp.concatenate(
+        [jnp.where(sa[1:] > 0, lo_a[1:], inf), jnp.where(sb[1:] > 0, lo_b[1:], inf)]
+    )
+    is_b = jnp.concatenate([jnp.zeros(n - 1, bool), jnp.ones(m - 1, bool)])
+    rank = jnp.concatenate([jnp.arange(1, n), jnp.arange(1, m)])
+    ev = jnp.lexsort((is_b, time))
+    time, is_b, rank = time[ev], is_b[ev], rank[ev]
+    valid = time < inf
+    # The current source (sink) rank after each event.
+    cur_a = jnp.cumsum(~is_b)
+    cur_b = jnp.cumsum(is_b)
+    node = jnp.where(is_b, n + order_b[rank], order_a[rank])
+    par = jnp.where(is_b, order_a[cur_a], n + order_b[cur_b])
+    par = jnp.where(valid, par, root)
+    seq = jnp.concatenate([order_a[:1], n + order_b[:1], node]).astype(jnp.int32)
+    seq_par = jnp.concatenate([jnp.array([root, order_a[0]]), par]).astype(jnp.int32)
+    seq_valid = jnp.concatenate([jnp.ones(2, bool), valid])
+    seq_b = jnp.concatenate([jnp.array([False, True]), is_b])
+    n_stair = jnp.sum(seq_valid)
+    pos = jnp.arange(size - 1)
+    nxt_other = jnp.concatenate([seq_b[1:] != seq_b[:-1], jnp.zeros(1, bool)])
+    nxt_other = nxt_other & jnp.concatenate([seq_valid[1:], jnp.zeros(1, bool)])
+    seq_size = jnp.where(
+        pos == 0, n_stair, jnp.where(seq_valid & nxt_other, n_stair - pos, 1)
+    )
+    # Interval of each node's mass on the common [0, 1] axis.
+    lo = jnp.zeros(size, dtype).at[order_a].set(lo_a).at[n + order_b].set(lo_b)
+    hi = jnp.zeros(size, dtype).at[order_a].set(hi_a).at[n + order_b].set(hi_b)
+    seq_flow = jnp.maximum(
+        jnp.minimum(hi[seq], hi[seq_par]) - jnp.maximum(lo[seq], lo[seq_par]), 0
+    )
+    seq_flow = jnp.where(seq_valid & (pos > 0), seq_flow, 0)
+    seq_up = (seq < n) | ~seq_valid
+    seq_src = jnp.where(seq_up, seq, seq_par)
+    seq_tgt = jnp.where(seq_up, seq_par, seq)
+
+    def scatter(values, fill):
+        out = jnp.full((size,), fill, values.dtype)
+        return out.at[seq].set(values)
+
+    parent = scatter(seq_par, root)
+    src = scatter(seq_src, root)
+    tgt = scatter(seq_tgt, root)
+    flow = scatter(seq_flow, 0)
+    up = scatter(seq_up, False)
+    pre = scatter((pos + 1).astype(jnp.int32), 0)
+    sub_size = scatter(seq_size.astype(jnp.int32), size)
+    c = _arc_cost(src, tgt, cost, n, m, 0)
+    weight = jnp.where(up, -c, c).at[root].set(0)
+    weight = jnp.where(parent == root, 0, weight)
+    pi = _tree_sums(parent, weight, levels)
+    return parent, src, tgt, flow, up, pi, pre, sub_size
+
+
 def solve(
     a: jax.Array, b: jax.Array, cost: jax.Array, *, max_iter: int, tol: float
 ) -> SimplexResult:
@@ -136,14 +246,7 @@ def solve(
     padded = jnp.pad(cost, ((0, n_blocks * rows - n), (0, 0)), constant_values=jnp.inf)
     blocks = padded.reshape(n_blocks, rows, m)
 
-    supply = jnp.concatenate([a, -b, jnp.zeros((1,), dtype)])
-    pos = supply >= 0
-    parent = jnp.full((size,), root, jnp.int32)
-    src = jnp.where(pos, nodes, root).astype(jnp.int32)
-    tgt = jnp.where(pos, root, nodes).astype(jnp.int32)
-    flow = jnp.abs(supply)
-    up = pos.at[root].set(False)
-    pi = jnp.where(pos, 0.0, art).astype(dtype).at[root].set(0)
+    parent, src, tgt, flow, up, pi, pre, sub_size = _staircase(a, b, cost, levels)
 
     def pivot(state, i, j, rc):
         parent, src, tgt, flow, up, pi, pre, sub_size = state
@@ -177,8 +280,13 @@ def solve(
         moved = path & (nodes != u_out)
         # Each path node but u_out hands its arc to its parent, reversed: a
         # node's new arc is its path child's (one scatter, then gathers).
-        idx = jnp.where(moved, parent, size)
-        child = jnp.full((size,), size, jnp.int32).at[idx].set(nodes, mode="drop")
+        # Distinct out-of-range indices for the rest: a scatter of unique indices.
+        idx = jnp.where(moved, parent, size + nodes)
+        child = (
+            jnp.full((size,), size, jnp.int32)
+            .at[idx]
+            .set(nodes, mode="drop", unique_indices=True)
+        )
         takes = child < size
         child = jnp.minimum(child, size - 1)
         at_w = nodes == w
@@ -200,8 +308,12 @@ def solve(
         signs = jnp.concatenate([jnp.ones_like(pre), -jnp.ones_like(pre)])
         cover = jnp.zeros((size + 1,), jnp.int32).at[marks].add(signs, mode="drop")
         section = n_path - jnp.cumsum(cover)[pre]
-        slot = jnp.where(path, section, size)
-        by = jnp.zeros((size,), jnp.int32).at[slot].set(nodes, mode="drop")
+        slot = jnp.where(path, section, size + nodes)
+        by = (
+            jnp.zeros((size,), jnp.int32)
+            .at[slot]
+            .set(nodes, mode="drop", unique_indices=True)
+        )
         pre_by, size_by = pre[by], sub_size[by]
         prev = jnp.maximum(section - 1, 0)
         rel = jnp.where(
@@ -261,8 +373,6 @@ def solve(
         return (clean < n_blocks) & (it < max_iter)
 
     zero = jnp.int32(0)
-    pre = jnp.where(nodes == root, 0, nodes + 1).astype(jnp.int32)
-    sub_size = jnp.where(nodes == root, size, 1).astype(jnp.int32)
     init = ((parent, src, tgt, flow, up, pi, pre, sub_size), zero, zero, zero, zero)
     (parent, src, tgt, flow, up, *_), it, npiv, _, clean = lax.while_loop(
         cond, body, init
