@@ -96,8 +96,8 @@ __all__ = [
 KERNELS = ("gaussian", "tophat", "epanechnikov", "exponential", "linear", "cosine")
 _RULES = ("scott", "silverman")
 _HIGHEST = lax.Precision.HIGHEST
-# Bytes of one [block, n] score block: 2.5 to 5 MB was fastest in float32 and
-# float64 at n = 20 000 on a 2-core AVX-512 CPU (10 MB: 5% to 30% slower).
+# Bytes of one [block, n] score block: a few MB, the fastest size on CPU in
+# float32 and float64 (the measurement is in docs/benchmarks_notes.md).
 _BLOCK_BYTES = 4 << 20
 
 

@@ -20,38 +20,32 @@ generated samples, then one generator step (Arjovsky et al., 2017,
 Algorithm 1; Gulrajani et al., 2017, Algorithm 1).
 
 Defaults, chosen on the 8-Gaussians acceptance benchmark
-(``benchmarks/bench_generative.py``: 3000 steps, 3 seeds): 128-wide,
-3-hidden-layer ReLU MLPs, a 2D latent, Adam(1e-3, b1=0.5, b2=0.9) whose rate
-decays to 0 along a cosine over the run, for every network. Gulrajani et
-al.'s Adam(1e-4) needs far more than 3000 steps (no mode reached 3-std
-quality in that budget); the cosine decay tightens the modes at the end.
-Critics take 5 steps per generator step for the WGANs, 1 for the JS-GAN;
-a critic's schedule spans its ``n_critic x num_steps`` updates, so that both
+(``benchmarks/bench_generative.py``; its numbers are in the documentation's
+benchmark notes): 128-wide, 3-hidden-layer ReLU MLPs, a 2D latent,
+Adam(1e-3, b1=0.5, b2=0.9) whose rate decays to 0 along a cosine over the
+run, for every network. Gulrajani et al.'s Adam(1e-4) needs far more steps
+than the benchmark's budget; the cosine decay tightens the modes at the end.
+Critics take 5 steps per generator step for the WGANs, 1 for the JS-GAN; a
+critic's schedule spans its ``n_critic x num_steps`` updates, so that both
 networks' rates reach 0 together (a critic whose rate ran out first would
 freeze while the generator keeps climbing its slope: on short runs the
-samples then drift off to infinity). The gradient-penalty weight is 1.0;
-their toy value 0.1 does as well on the benchmark (SW2 / noise floor 0.82,
-0.98, 0.78 against 0.82, 0.98, 0.79 at 1.0, 8/8 modes for both), and the
-firmer penalty keeps the critic closer to 1-Lipschitz. Minibatch OT
-losses are biased towards blurred samples by O(1/sqrt(batch)) (the expected
-order statistics of a small batch fall between modes), so the OT generators
+samples then drift off to infinity). The gradient-penalty weight is 1.0:
+Gulrajani et al.'s toy value 0.1 does as well on the benchmark, and the
+firmer penalty keeps the critic closer to 1-Lipschitz. Minibatch OT losses
+are biased towards blurred samples by O(1/sqrt(batch)) (the expected order
+statistics of a small batch fall between modes), so the OT generators
 default to larger batches: 1024 for ``"sliced"``, 512 for ``"sinkhorn"``
 (whose step costs O(batch^2)).
 
-The Sinkhorn generator keeps ``epsilon = 0.01`` (a blur of 0.1, five mode
-standard deviations, well below the 1.5 between modes) and gets 100
-Sinkhorn iterations per problem and step. Between two minibatches whose
-mode counts differ, Sinkhorn must move mass across modes at a squared
-distance of about 2.3, where the kernel ``exp(-C / epsilon)`` is ``1e-100``:
-the marginal error decays slowly and the envelope gradient of an
-unconverged solve is biased. On 512-point batches of the benchmark the
-gradient after 50 iterations has a cosine of only 0.4 with the converged one
-(one seed then left a mode below the coverage threshold), 0.45-0.9 after
-100: still biased, but enough for every seed of the benchmark (the weakest
-mode keeps 59 high-quality samples out of 2000, the threshold being 50).
-Twice the iterations double the step's cost. A larger ``epsilon``
-converges fast (0.1: cosine > 0.97 in 100 iterations) but blurs the modes
-(15% of samples within 3 std, 3 modes covered). Check
+The Sinkhorn generator keeps a small ``epsilon = 0.01`` (a blur of 0.1, well
+below the distance between the benchmark's modes) and gets 100 Sinkhorn
+iterations per problem and step. Between two minibatches whose mode counts
+differ, Sinkhorn must move mass across modes, where the kernel
+``exp(-C / epsilon)`` underflows to nearly nothing: the marginal error
+decays slowly and the envelope gradient of an unconverged solve is biased.
+Fewer iterations bias the gradient more (modes can then be lost); more
+iterations cost proportionally more per step. A larger ``epsilon``
+converges fast but blurs the modes. Check
 ``densax.ot.sinkhorn_divergence(...).converged`` when changing these options.
 """
 

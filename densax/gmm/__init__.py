@@ -36,8 +36,8 @@ Expanding the quadratic form cancels terms of size ``|z|^2 ||P_k||`` down to
 the size of the result: with one origin for all samples (the data mean),
 float32 would lose as many digits as the log10 of the squared Mahalanobis
 distance from that origin to the samples, which is catastrophic for narrow
-or elongated components far from the mean (measured: 1e-3 relative error of
-the log-likelihood on the benchmark's data, where scikit-learn has 1e-6).
+or elongated components far from the mean (see the documentation's benchmark
+notes for the error this causes).
 So, once per fit, the samples are cut into cells (k-means with 2K cells,
 seeded by k-means++ on a subsample; the cells depend on the data only, so
 every restart shares them) and each sample takes the coordinates of its
@@ -49,14 +49,9 @@ moves the per-cell statistics back to data coordinates exactly. One EM
 iteration of :func:`fit` runs the E-step and the M-step's matmul chunk by
 chunk (about 4096 rows, which stay in cache between the two), skipping the
 chunks of padding. Every term then has the size of a Mahalanobis distance
-within a cell. Measured in float32 on the benchmark's data (n = 100 000,
-d = 16, K = 16), the mean error of the per-sample log-densities is 1e-5 to
-1e-4, as scikit-learn's float32 direct form; a rare sample far from its
-cell's origin, in the metric of a narrow component, has a larger error
-(99.9th percentile up to 1e-2, the largest about 1 nat, against 4e-2 for
-scikit-learn), and the mean log-likelihood after 10 float32 iterations is
-within 1e-5 relative of the float64 fit's (five datasets). :func:`log_prob`,
-:func:`log_prob`, :func:`predict_proba`, :func:`predict` and the public
+within a cell, so the engine's float32 accuracy is that of scikit-learn's
+float32 direct form (the measured errors are in the documentation's benchmark
+notes). :func:`log_prob`, :func:`predict_proba`, :func:`predict` and the public
 steps use the direct form; a test checks that the engine's iteration and
 :func:`em_step` agree to rounding.
 

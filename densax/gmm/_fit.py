@@ -199,7 +199,7 @@ def _sequential_on_cpu(fn):
     """``fn`` whose ``vmap`` is a loop on CPU, and a batched computation elsewhere.
 
     The one place where :func:`fit` depends on the platform (the "seam"):
-    batched fits on CPU run 1.3 to 2 times faster one after the other (each
+    batched fits on CPU run faster one after the other (each
     fit's features then stay in cache between the E-step and the M-step, and
     each skips its own padding); accelerators keep the batched matmuls. The
     result is the same either way. ``custom_vmap`` picks the rule,

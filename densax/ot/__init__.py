@@ -59,8 +59,8 @@ __all__ = [
     "wasserstein_entropic",
 ]
 
-# Below this many elements per call, XLA's own sort beats the ~0.1 ms round trip
-# of a host callback (measured on a 2-core CPU; see benchmarks/bench_ot.py).
+# Below this many elements per call, XLA's own sort beats the round trip of a
+# host callback (see docs/benchmarks_notes.md and benchmarks/bench_ot.py).
 _HOST_MIN_SIZE = 2048
 # Above this many elements, the two host sorts run on two threads (starting a
 # thread costs about as much as sorting 10^5 floats).

@@ -17,7 +17,7 @@ of LEMON), written in ``lax`` loops in ``densax.ot._simplex``. Why this one:
 * every pivot is a fixed-size array computation: a block of reduced costs is
   priced (vectorised over the block, like LEMON's block search) and the tree
   is updated for all nodes at once by binary lifting, so a batch of
-  independent problems ``vmap``s into one loop of batched pivots;
+  independent problems under ``vmap`` runs as one loop of batched pivots;
 * LEMON's rule for the leaving arc keeps the tree strongly feasible, which
   rules out cycling on degenerate problems (ties, zero weights).
 

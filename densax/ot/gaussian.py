@@ -433,8 +433,8 @@ def entropic_gaussian(
       squared.
 
     Raises:
-      TypeError, ValueError: as :func:`bures_wasserstein`; eagerly, ``epsilon
-      <= 0``.
+      TypeError, ValueError: as :func:`bures_wasserstein`; eagerly,
+      ``epsilon <= 0``.
 
     References:
       Janati, Muzellec, Peyré and Cuturi (2020), Theorem 1.
