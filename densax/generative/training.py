@@ -278,14 +278,19 @@ def _home(tree: Any, like: jax.Array) -> Any:
     (e.g. ``densax.ot``'s sorts) are safe.
     """
 
-    def home(v):
-        if isinstance(v, jax.Array) and not v.is_fully_addressable:
-            # A mesh over several processes: no process can address the whole
-            # replicated array; each keeps its first local copy (all equal).
-            return v.addressable_data(0)
-        return jax.device_put(v, like.sharding)
+    def local(v):
+        return isinstance(v, jax.Array) and not v.is_fully_addressable
 
-    return jax.tree.map(home, tree)
+    if not any(local(v) for v in jax.tree.leaves(tree)):
+        return jax.device_put(tree, like.sharding)  # one process: one transfer
+    # A mesh over several processes: no process can address the whole
+    # replicated state; each keeps its first local copy (all copies are equal).
+    return jax.tree.map(
+        lambda v: (
+            v.addressable_data(0) if local(v) else jax.device_put(v, like.sharding)
+        ),
+        tree,
+    )
 
 
 def _log_line(p: Progress) -> str:
