@@ -1,7 +1,11 @@
 """Executes every notebook top to bottom at small sizes, so none can rot.
 
 Each notebook reads ``DENSAX_NOTEBOOK_SMALL=1`` (set here) in its first code
-cell and shrinks its problem sizes and iteration counts accordingly.
+cell and shrinks its problem sizes and iteration counts accordingly. The
+committed notebooks carry the outputs of a full-size run (their figures are
+shown on GitHub and on the documentation site): the test also checks that
+they were executed top to bottom and that every cell drawing a figure has its
+figure committed.
 """
 
 import os
@@ -24,6 +28,8 @@ def test_notebook_runs(path, monkeypatch):
     # The kernel imports this checkout's densax even without an install.
     pythonpath = [str(ROOT), os.environ.get("PYTHONPATH")]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, pythonpath)))
+    committed = nbformat.read(path, as_version=4)
+    _check_committed_outputs(path.name, committed)
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
         nb,
@@ -40,3 +46,27 @@ def test_notebook_runs(path, monkeypatch):
         if out.get("output_type") == "error"
     ]
     assert not errors, errors
+    # In sync: every cell that draws a figure now has its figure committed.
+    drawn = _cells_with_images(nb)
+    assert drawn <= _cells_with_images(committed), (
+        f"{path.name}: cells {sorted(drawn - _cells_with_images(committed))} draw a "
+        "figure that is not committed: re-execute the notebook and commit it"
+    )
+
+
+def _cells_with_images(nb):
+    return {
+        i
+        for i, cell in enumerate(nb.cells)
+        if cell.cell_type == "code"
+        and any("image/png" in out.get("data", {}) for out in cell.get("outputs", []))
+    }
+
+
+def _check_committed_outputs(name, nb):
+    """The committed notebook was executed top to bottom, every cell once."""
+    counts = [c.execution_count for c in nb.cells if c.cell_type == "code"]
+    assert counts == list(range(1, len(counts) + 1)), (
+        f"{name} is committed with execution counts {counts}: execute it top to "
+        "bottom (python notebooks/execute.py NAME) and commit it"
+    )
