@@ -33,7 +33,8 @@ def execute(path: Path, timeout: int = 1800) -> float:
         filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")])
     )
     os.environ["PYTHONPATH"] = env_path  # this checkout's densax in the kernel
-    os.environ.setdefault("MPLBACKEND", "Agg")
+    # Figures are captured by the kernel's inline backend (not Agg).
+    os.environ.pop("MPLBACKEND", None)
     os.environ.pop("DENSAX_NOTEBOOK_SMALL", None)
     t0 = time.perf_counter()
     nbclient.NotebookClient(

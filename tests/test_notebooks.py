@@ -22,7 +22,8 @@ def test_notebook_runs(path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("DENSAX_NOTEBOOK_SMALL", "1")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    # The inline backend, as in Jupyter: figures become outputs to compare.
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     # A single device in the kernel: the notebook's own XLA flags, if any, win.
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     # The kernel imports this checkout's densax even without an install.
