@@ -194,6 +194,7 @@ def _check_x_w(x, sample_weight, validate):
     return x, w
 
 
+@_validate.half_precision
 def kmeans_plusplus(
     key: jax.Array,
     x: Any,
@@ -233,6 +234,7 @@ def kmeans_plusplus(
     return _plusplus_jit(key, x, w, k)
 
 
+@_validate.half_precision
 def kmeans(
     key: jax.Array,
     x: Any,
@@ -380,6 +382,7 @@ def _quantize(key, model, init, tol, *, k, batch_size, max_iter, n_init, n_eval)
     )
 
 
+@_validate.half_precision
 def quantize(
     key: jax.Array,
     model: Any,

@@ -77,7 +77,9 @@ from densax._validate import (
     check_same_last_dim,
     check_weights,
     common_float_dtype,
+    half_precision,
     is_concrete,
+    normalize_weights,
     value_check,
 )
 
@@ -117,7 +119,8 @@ class KDE:
     """
 
     data: jax.Array  # [n, d] float: the points
-    sample_weight: jax.Array  # [n] float: non-negative weights (ones by default)
+    # [n] float: non-negative weights, rescaled to mean one (ones by default)
+    sample_weight: jax.Array
     bandwidth: jax.Array  # [] float scalar h, or [d, d] kernel covariance H
     chol: jax.Array  # [] float h, or [d, d] lower Cholesky factor L of H
     # [] float: log sum w + log |det L| (d log h) + log Z_d, over all shards.
@@ -198,8 +201,12 @@ def _solve_rows(chol, a):
 
 @functools.partial(jax.jit, static_argnames=("kernel", "axis_name"))
 def _make_model(data, w, bandwidth, *, kernel, axis_name):
-    """The set-up of a KDE: the Cholesky factor and the normaliser, once."""
+    """The set-up of a KDE: the Cholesky factor and the normaliser, once.
+
+    The weights are stored rescaled to mean one (only their ratios matter).
+    """
     d = data.shape[1]
+    w = normalize_weights(w, axis_name)
     if bandwidth.ndim == 0:
         chol, log_det = bandwidth, d * jnp.log(bandwidth)
     else:
@@ -216,6 +223,7 @@ def _make_model(data, w, bandwidth, *, kernel, axis_name):
 def _loo_log_likelihood(data, bandwidth, weights, *, kernel, block_size, axis_name):
     n, d = data.shape
     w = jnp.ones(n, data.dtype) if weights is None else weights
+    w = normalize_weights(w, axis_name)  # only the ratios matter
     if axis_name is None:
         queries, w_queries, offset = data, w, jnp.int32(0)
     else:
@@ -241,6 +249,7 @@ def _loo_log_likelihood(data, bandwidth, weights, *, kernel, block_size, axis_na
 def _rule_covariance(data, weights, *, rule, axis_name):
     n, d = data.shape
     w = jnp.ones(n, data.dtype) if weights is None else weights
+    w = normalize_weights(w, axis_name)  # only the ratios matter
     total, total_sq, weighted_sum = jnp.sum(w), jnp.sum(w * w), w @ data
     if axis_name is not None:
         total, total_sq, weighted_sum = lax.psum(
@@ -284,6 +293,7 @@ def _checked_rule(data, weights, rule, validate, axis_name):
     return cov
 
 
+@half_precision
 def scott(
     data: Any,
     sample_weight: Any = None,
@@ -322,6 +332,7 @@ def scott(
     return _rule(data, sample_weight, "scott", validate, axis_name)
 
 
+@half_precision
 def silverman(
     data: Any,
     sample_weight: Any = None,
@@ -425,6 +436,7 @@ def _block_size(block_size, m, n, itemsize):
     return max(1, -(-m // n_blocks))
 
 
+@half_precision
 def loo_log_likelihood(
     data: Any,
     bandwidth: Any,
@@ -635,6 +647,7 @@ def _fit_loo(
     )
 
 
+@half_precision
 def fit(
     data: Any,
     *,
@@ -770,6 +783,7 @@ def fit(
     )
 
 
+@half_precision
 def log_prob(
     model: KDE,
     x: Any,
@@ -890,6 +904,7 @@ def _sample(key, model, *, n):
     return data[index] + offsets
 
 
+@half_precision
 def sample(key: jax.Array, model: KDE, n: int) -> jax.Array:
     """Draws ``n`` exact samples from the KDE ``model``.
 
