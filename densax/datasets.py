@@ -83,6 +83,16 @@ def _positive(value: Any, name: str) -> float:
     return float(value)
 
 
+def _finite(value: Any, name: str) -> float:
+    if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(
+        value, bool
+    ):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
+
+
 def _non_negative(value: Any, name: str) -> float:
     if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(
         value, bool
@@ -338,7 +348,8 @@ def regime_series(
       A :class:`RegimeSeries` with ``values [n]`` and ``regimes [n]`` (int32).
 
     Raises:
-      ValueError: mismatched lengths, a non-positive std, ``stay`` outside
+      ValueError: mismatched lengths, a non-finite mean, a non-positive std,
+        ``stay`` outside
         ``[0, 1]``, or a transition matrix that is not row-stochastic.
 
     References:
@@ -359,6 +370,7 @@ def regime_series(
             f"{len(means)} and {len(stds)}"
         )
     stds = tuple(_positive(s, "stds") for s in stds)
+    means = tuple(_finite(m, "means") for m in means)
     if transition is None:
         if not 0.0 <= stay <= 1.0:
             raise ValueError(f"stay must be in [0, 1], got {stay}")
