@@ -27,6 +27,7 @@ and any floor they add is relative to that scale.
 """
 
 import functools
+import inspect
 import math
 from collections.abc import Callable, Collection
 from typing import Any
@@ -41,17 +42,20 @@ __all__ = [
     "check_choice",
     "check_finite",
     "check_int",
+    "check_key",
     "check_ndim",
     "check_nonempty",
     "check_positive_definite",
     "check_same_last_dim",
     "check_scalar",
+    "check_sums_to_one",
     "check_symmetric",
     "check_weights",
     "common_float_dtype",
     "half_precision",
     "is_concrete",
     "normalize_weights",
+    "public",
     "value_check",
 ]
 
@@ -215,9 +219,10 @@ def check_nonempty(x: Any, name: str, *, axis: int = 0, minimum: int = 1) -> Non
     """
     shape = jnp.shape(x)
     if len(shape) > axis and shape[axis] < minimum:
-        what = "point" if minimum == 1 else f"{minimum} points"
+        what = "sample" if axis == 0 else "feature"
+        what = f"one {what}" if minimum == 1 else f"{minimum} {what}s"
         raise ValueError(
-            f"{name} must have at least {what} along axis {axis}, got shape {shape}"
+            f"{name} must have at least {what} (axis {axis}), got shape {shape}"
         )
 
 
@@ -261,6 +266,28 @@ def check_scalar(
             op = ">" if positive else ">="
             raise ValueError(f"{name} must be {op} {minimum}, got {v}")
     return jnp.asarray(value, dtype)
+
+
+SUM_TOL = 1e-3  # |sum - 1| allowed of probabilities given as normalised
+
+
+def check_sums_to_one(total: Any, name: str, what: str = "") -> None:
+    """Value check (call on concrete inputs): sums of probabilities equal one.
+
+    The tolerance, ``SUM_TOL = 1e-3``, catches mistakes (counts, a wrong
+    axis, weights summing to 2), not rounding: half-precision probabilities
+    sum to one only to about ``1e-3``.
+
+    Raises:
+      ValueError: naming ``name``, with the worst sum.
+    """
+    total = np.asarray(total, np.float64)
+    if total.size and np.any(np.abs(total - 1) > SUM_TOL):
+        worst = float(total.ravel()[np.argmax(np.abs(total.ravel() - 1))])
+        raise ValueError(
+            f"{name} must sum to one{what} (got a sum of {worst:.6g}); "
+            "normalise it first"
+        )
 
 
 def check_symmetric(m: jax.Array, name: str, validate: bool) -> None:
@@ -351,5 +378,47 @@ def half_precision(fn: Callable) -> Callable:
             return a.astype(target) if _is_float(a) else a
 
         return jax.tree.map(down, out)
+
+    return wrapper
+
+
+def check_key(key: Any, name: str = "key") -> None:
+    """Static check: ``key`` is a PRNG key (typed, or legacy raw uint32 [..., 2]).
+
+    Raises:
+      TypeError: naming ``name``, for anything else (an int seed, floats...).
+    """
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return
+    if dtype is not None and dtype == jnp.uint32 and jnp.shape(key)[-1:] == (2,):
+        return
+    what = f"dtype {dtype} and shape {jnp.shape(key)}" if dtype is not None else ""
+    raise TypeError(
+        f"{name} must be a PRNG key (jax.random.key(seed)), got "
+        f"{what or type(key).__name__}"
+    )
+
+
+def public(fn: Callable) -> Callable:
+    """Decorator of densax's public functions: the checks every one shares.
+
+    A first parameter named ``key`` is checked to be a PRNG key
+    (:func:`check_key`; ``None`` passes where it is the default), and
+    half-precision inputs are computed in float32 (:func:`half_precision`).
+    """
+    params = list(inspect.signature(fn).parameters.values())
+    has_key = bool(params) and params[0].name == "key"
+    none_ok = has_key and params[0].default is None
+    inner = half_precision(fn)
+    if not has_key:
+        return inner
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        key = args[0] if args else kwargs.get("key")
+        if not (none_ok and key is None):
+            check_key(key)
+        return inner(*args, **kwargs)
 
     return wrapper

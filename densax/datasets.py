@@ -144,6 +144,7 @@ def _mixture_sample(key: jax.Array, n: int, modes: Modes) -> jax.Array:
     return modes.centres[idx] + modes.std * noise
 
 
+@_validate.public
 def eight_gaussians(
     key: jax.Array,
     n: int,
@@ -177,6 +178,7 @@ def eight_gaussians(
     )
 
 
+@_validate.public
 def twenty_five_gaussians(
     key: jax.Array,
     n: int,
@@ -205,6 +207,7 @@ def twenty_five_gaussians(
     return _mixture_sample(key, n, modes)
 
 
+@_validate.public
 def swiss_roll(
     key: jax.Array, n: int, *, noise: float = 0.1, dtype: Any = None
 ) -> jax.Array:
@@ -237,6 +240,7 @@ def swiss_roll(
     return curve + noise * jax.random.normal(k_noise, (n, 2), dtype)
 
 
+@_validate.public
 def two_moons(
     key: jax.Array, n: int, *, noise: float = 0.1, dtype: Any = None
 ) -> jax.Array:
@@ -272,6 +276,7 @@ def two_moons(
     return points + noise * jax.random.normal(k_noise, (n, 2), dtype)
 
 
+@_validate.public
 def rings(
     key: jax.Array,
     n: int,
@@ -311,6 +316,7 @@ def rings(
     return points + noise * jax.random.normal(k_noise, (n, 2), dtype)
 
 
+@_validate.public
 def regime_series(
     key: jax.Array,
     n: int,

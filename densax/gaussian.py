@@ -52,7 +52,7 @@ class Gaussian(NamedTuple):
         return sample(key, self, n, validate=validate)
 
 
-@_validate.half_precision
+@_validate.public
 def fit(
     x: jax.Array,
     *,
@@ -123,7 +123,7 @@ def _fit(x, w, reg_covar, *, axis_name):
     return Gaussian(mean, cov)
 
 
-@_validate.half_precision
+@_validate.public
 def log_prob(model: Gaussian, x: jax.Array, *, validate: bool = True) -> jax.Array:
     r"""Log-density of ``x`` under the Gaussian, through the Cholesky factor.
 
@@ -178,7 +178,7 @@ def _log_prob(mean, chol, x):
     return out.reshape(x.shape[:-1])
 
 
-@_validate.half_precision
+@_validate.public
 def sample(
     key: jax.Array, model: Gaussian, n: int, *, validate: bool = True
 ) -> jax.Array:

@@ -77,9 +77,9 @@ from densax._validate import (
     check_same_last_dim,
     check_weights,
     common_float_dtype,
-    half_precision,
     is_concrete,
     normalize_weights,
+    public,
     value_check,
 )
 
@@ -271,6 +271,8 @@ def _rule(data, weights, rule, validate, axis_name=None):
     dtype = common_float_dtype(data)
     data = as_float(data, "data", ndim=2, dtype=dtype)
     n = data.shape[0]
+    if data.shape[1] < 1:
+        raise ValueError(f"data must have at least one feature, got {data.shape}")
     if n < 2 and axis_name is None:
         raise ValueError(f"data must have at least 2 points, got shape {data.shape}")
     if weights is not None:
@@ -293,7 +295,7 @@ def _checked_rule(data, weights, rule, validate, axis_name):
     return cov
 
 
-@half_precision
+@public
 def scott(
     data: Any,
     sample_weight: Any = None,
@@ -332,7 +334,7 @@ def scott(
     return _rule(data, sample_weight, "scott", validate, axis_name)
 
 
-@half_precision
+@public
 def silverman(
     data: Any,
     sample_weight: Any = None,
@@ -382,6 +384,8 @@ def _prepare(x, data, bandwidth, weights, kernel, validate, axis_name=None):
     n, d = data.shape
     if n < 1:
         raise ValueError(f"data must have at least one point, got shape {data.shape}")
+    if d < 1:
+        raise ValueError(f"data must have at least one feature, got {data.shape}")
     if x is not None:
         x = as_float(x, "x", ndim=(1, 2), dtype=dtype)
         check_same_last_dim(x, data, "x", "data")
@@ -436,7 +440,7 @@ def _block_size(block_size, m, n, itemsize):
     return max(1, -(-m // n_blocks))
 
 
-@half_precision
+@public
 def loo_log_likelihood(
     data: Any,
     bandwidth: Any,
@@ -647,7 +651,7 @@ def _fit_loo(
     )
 
 
-@half_precision
+@public
 def fit(
     data: Any,
     *,
@@ -783,7 +787,7 @@ def fit(
     )
 
 
-@half_precision
+@public
 def log_prob(
     model: KDE,
     x: Any,
@@ -904,7 +908,7 @@ def _sample(key, model, *, n):
     return data[index] + offsets
 
 
-@half_precision
+@public
 def sample(key: jax.Array, model: KDE, n: int) -> jax.Array:
     """Draws ``n`` exact samples from the KDE ``model``.
 

@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 
-@_validate.half_precision
+@_validate.public
 def sw2(key: jax.Array, x: Any, y: Any, *, n_projections: int = 512) -> jax.Array:
     """Sliced 2-Wasserstein distance between two samples (uniform weights).
 
@@ -71,7 +71,7 @@ def sw2(key: jax.Array, x: Any, y: Any, *, n_projections: int = 512) -> jax.Arra
     return ot.sliced_wasserstein(key, x, y, n_projections=n_projections)
 
 
-@_validate.half_precision
+@_validate.public
 def sw2_noise_floor(
     key: jax.Array,
     sampler: Callable[[jax.Array, int], jax.Array],
@@ -143,7 +143,7 @@ def _mode_coverage(x, centres, std, n_std, min_share):
     )
 
 
-@_validate.half_precision
+@_validate.public
 def mode_coverage(
     x: Any,
     centres: Any,
@@ -193,7 +193,7 @@ def mode_coverage(
     )
 
 
-@_validate.half_precision
+@_validate.public
 def heldout_log_likelihood(
     model: Density, heldout: Any, *, sample_weight: Any = None
 ) -> jax.Array:

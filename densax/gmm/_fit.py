@@ -37,7 +37,7 @@ class FitResult(NamedTuple):
     trace: jax.Array
 
 
-@_validate.half_precision
+@_validate.public
 def fit(
     key: jax.Array,
     x: jax.Array,

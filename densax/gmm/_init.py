@@ -31,7 +31,7 @@ INIT_METHODS = ("kmeans", "kmeans++", "random", "random_from_data")
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
-@_validate.half_precision
+@_validate.public
 def init(
     key: jax.Array,
     x: jax.Array,

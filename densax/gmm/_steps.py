@@ -34,7 +34,7 @@ __all__ = ["e_step", "em_step", "m_step"]
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
-@_validate.half_precision
+@_validate.public
 def e_step(
     params: GaussianMixture,
     x: jax.Array,
@@ -80,7 +80,7 @@ def _e_step(params, x, w, *, axis_name):
     return log_prob - log_norm[:, None], total / mass
 
 
-@_validate.half_precision
+@_validate.public
 def m_step(
     x: jax.Array,
     log_resp: jax.Array,
@@ -197,7 +197,7 @@ def _rescued_cholesky(cov, jitter):
     return cov, _inverse_transpose(jnp.linalg.cholesky(cov))
 
 
-@_validate.half_precision
+@_validate.public
 def em_step(
     params: GaussianMixture,
     x: jax.Array,
