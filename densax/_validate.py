@@ -400,16 +400,19 @@ def check_key(key: Any, name: str = "key") -> None:
     )
 
 
-def public(fn: Callable) -> Callable:
+def public(fn: Callable | None = None, *, optional_key: bool = False) -> Callable:
     """Decorator of densax's public functions: the checks every one shares.
 
     A first parameter named ``key`` is checked to be a PRNG key
-    (:func:`check_key`; ``None`` passes where it is the default), and
+    (:func:`check_key`; ``None`` passes where it is the default, or with
+    ``optional_key`` where the function checks it itself), and
     half-precision inputs are computed in float32 (:func:`half_precision`).
     """
+    if fn is None:
+        return functools.partial(public, optional_key=optional_key)
     params = list(inspect.signature(fn).parameters.values())
     has_key = bool(params) and params[0].name == "key"
-    none_ok = has_key and params[0].default is None
+    none_ok = has_key and (params[0].default is None or optional_key)
     inner = half_precision(fn)
     if not has_key:
         return inner

@@ -37,7 +37,7 @@ class FitResult(NamedTuple):
     trace: jax.Array
 
 
-@_validate.public
+@_validate.public(optional_key=True)
 def fit(
     key: jax.Array,
     x: jax.Array,
@@ -142,6 +142,8 @@ def fit(
       >>> res.model.means.shape, bool(res.converged), int(res.n_iter) > 1
       ((2, 2), True, True)
     """
+    if init_params is None:
+        _validate.check_key(key)  # unused (may be None) with init_params
     x, w, k = _check_data(x, n_components, sample_weight, validate, min_samples=-1)
     _validate.check_choice(covariance_type, "covariance_type", COVARIANCE_TYPES)
     _validate.check_choice(init, "init", INIT_METHODS)
