@@ -125,14 +125,14 @@ def test_resume_from_checkpoint_is_bit_identical(base, data, tmp_path):
         )
 
 
-def _payload(state, **changes):
+def _payload(target, **changes):
     """A checkpoint's msgpack payload, with some entries replaced (crafted files)."""
     from flax import serialization
 
-    raw = state._replace(key=jax.random.key_data(state.key))
+    raw = target._replace(key=jax.random.key_data(target.key))
     payload = {
         "format": "densax.generative.checkpoint/1",
-        "key_impl": str(jax.random.key_impl(state.key)),
+        "key_impl": str(jax.random.key_impl(target.key)),
         "meta": "{}",
         "state": serialization.to_state_dict(jax.device_get(raw)),
         "history": None,

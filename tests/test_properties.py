@@ -3,7 +3,8 @@
 * weights act only through their ratios (gmm, kde, gaussian, OT): any common
   scale of ``sample_weight`` (``a``, ``b``), from 1e-30 to 1e30, gives the
   same result;
-* EM never decreases the log-likelihood (``gmm.em_step``);
+* (EM never decreasing the log-likelihood is tests/test_gmm.py's
+  ``test_em_never_decreases_the_log_likelihood``);
 * every divergence is >= 0, and 0 between equal inputs.
 
 Each property has fixed shapes, so it compiles once; hypothesis draws the
@@ -77,30 +78,6 @@ def test_ot_marginals_act_through_their_ratios(seed, scale):
         jax.random.key(0), x2, y2, a=a, b=b[:8], n_projections=8
     )
     _close(sliced(a[:8] * scale), sliced(a[:8]))
-
-
-@settings(max_examples=10, deadline=None)
-@given(seed=_seed)
-def test_em_never_decreases_the_log_likelihood(seed):
-    with jax.enable_x64(True):
-        rng = np.random.default_rng(seed)
-        x = jnp.asarray(rng.normal(size=(40, 2)) * rng.uniform(0.5, 2, size=2))
-        means = x[rng.choice(40, 3, replace=False)]
-        params = gmm.from_covariances(
-            jnp.full(3, 1 / 3), means, jnp.ones((3, 2)), "diag"
-        )
-        lls = _em_log_likelihoods(params, x)
-        # float64: each step's change is exact up to rounding of the sums.
-        assert np.all(np.diff(lls) >= -1e-10 * np.abs(lls[1:])), lls
-
-
-@jax.jit
-def _em_log_likelihoods(params, x):
-    def step(p, _):
-        new, ll = gmm.em_step(p, x, reg_covar=0.0)
-        return new, ll
-
-    return jax.lax.scan(step, params, length=8)[1]
 
 
 _simplex = st.lists(
