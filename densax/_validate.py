@@ -315,7 +315,9 @@ def normalize_weights(w: jax.Array, axis_name: str | None = None) -> jax.Array:
     or 1e30 in float32), and keeps unit weights bit for bit, so that any
     floor added afterwards (e.g. the ``10 eps`` of an empty component) is
     relative to the weights' scale. With ``axis_name`` the total and the
-    count are summed over the shards.
+    count are summed over the shards. Weights that are not valid (only under
+    tracing, where they are not checked) stay invalid: negative ones stay
+    negative, and a sum that is not positive gives NaN.
     """
     # Two steps: the largest weight first, so that the sum cannot overflow.
     peak = jnp.max(w, initial=0.0)
@@ -328,7 +330,9 @@ def normalize_weights(w: jax.Array, axis_name: str | None = None) -> jax.Array:
     total = jnp.sum(scaled)
     if axis_name is not None:
         total = jax.lax.psum(total, axis_name)
-    return scaled * (count / total)
+    # Invalid weights (traced: unchecked) must not turn valid: a sum that is
+    # not positive gives NaN, and negative weights stay negative.
+    return scaled * jnp.where(total > 0, count / total, jnp.nan)
 
 
 def _is_float(leaf: Any) -> bool:
