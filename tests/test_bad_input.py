@@ -151,7 +151,7 @@ ROWS: dict[str, Row] = {
     # -------------------------------------------------------------------- gmm
     "gmm.fit": Row(
         lambda x, w, key, **kw: gmm.fit(
-            key, x, 2, sample_weight=w, **_opt(kw, max_iter=3, covariance_type="diag")
+            key, x, 2, sample_weight=w, **_opt(kw, covariance_type="diag")
         ),
         checks=(*ESTIMATOR, *WEIGHTS, "key"),
         nan_jit=_not_converged,
@@ -633,11 +633,12 @@ def test_mixture_constructors_check_values():
     for value in (float("nan"), -1.0):
         with pytest.raises(ValueError, match="reg_covar"):
             gmm.fit(KEY, X, 2, reg_covar=value)
-    # A traced reg_covar is accepted (e.g. to differentiate with respect to it).
-    ll = jax.jit(
-        lambda r: gmm.fit(KEY, X, 2, covariance_type="diag", max_iter=5, reg_covar=r)
-    )(1e-3)
-    assert np.isfinite(float(ll.log_likelihood))
+    # A traced reg_covar is accepted (e.g. to differentiate with respect to
+    # it): tracing is enough to show it (no compilation).
+    out = jax.eval_shape(
+        lambda r: gmm.fit(KEY, X, 2, covariance_type="diag", reg_covar=r), 1e-3
+    )
+    assert out.log_likelihood.shape == ()
 
 
 def test_gaussian_checks_its_covariance():

@@ -174,13 +174,29 @@ _simplex = st.lists(_probability, min_size=6, max_size=6).filter(
 
 @settings(max_examples=25, deadline=None)
 @given(p=_simplex, q=_simplex)
-def test_js_properties(p, q):
+def test_divergence_properties(p, q):
     with jax.enable_x64(True):
         p, q = np.array(p) / sum(p), np.array(q) / sum(q)
         js, sj = float(dv.js_divergence(p, q)), float(dv.js_divergence(q, p))
         assert 0.0 <= js <= LOG2 and js == pytest.approx(sj, abs=1e-15)
         assert js == pytest.approx(float(_js_reference(p, q)), rel=1e-9, abs=1e-14)
-        assert float(dv.js_divergence(p, p)) == pytest.approx(0.0, abs=1e-15)
+        # Every divergence is >= 0 (up to the rounding of a sum of terms of
+        # either sign) and 0 between equal inputs (issue 20).
+        with np.errstate(divide="ignore"):
+            lp, lq = np.log(p), np.log(q)
+        for fn, u, v in (
+            (dv.kl_divergence, p, q),
+            (dv.js_divergence, p, q),
+            (dv.kl_divergence_from_log, lp, lq),
+            (dv.js_divergence_from_log, lp, lq),
+        ):
+            assert float(fn(u, v)) >= -1e-15, fn.__name__
+            assert float(fn(u, u)) == pytest.approx(0.0, abs=1e-15), fn.__name__
+        cov = np.diag(1 + q[:3]) + 0.1
+        assert float(dv.kl_gaussian(p[:3], cov, q[:3], np.eye(3) + 0.1)) >= 0
+        assert float(dv.kl_gaussian(p[:3], cov, p[:3], cov)) == pytest.approx(
+            0.0, abs=1e-12
+        )
         # Gibbs' inequality, up to the rounding of the normalisation above.
         assert float(dv.kl_divergence(p, q)) >= -1e-15
 
