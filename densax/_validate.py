@@ -336,8 +336,10 @@ def normalize_weights(w: jax.Array, axis_name: str | None = None) -> jax.Array:
 
 
 def _is_float(leaf: Any) -> bool:
-    dtype = getattr(leaf, "dtype", None)
-    return dtype is not None and jax.dtypes.issubdtype(dtype, jnp.floating)
+    """A floating array (JAX, NumPy, or a tracer); not a dtype or a type."""
+    if not isinstance(leaf, (jax.Array, np.ndarray, np.generic)):
+        return False
+    return jax.dtypes.issubdtype(leaf.dtype, jnp.floating)
 
 
 def _is_half(leaf: Any) -> bool:
