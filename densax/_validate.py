@@ -15,10 +15,21 @@ Two kinds of checks, following one convention across the package:
 
 Dtype policy: floating inputs keep their dtype; integer inputs are promoted to
 JAX's default float (float32, or float64 when x64 is enabled); bool, complex
-and non-numeric inputs are rejected with a ``TypeError``.
+and non-numeric inputs are rejected with a ``TypeError``. Half-precision
+inputs (float16, bfloat16) are *computed* in float32 and the results returned
+in the input's half dtype (:func:`half_precision`, the decorator of every
+public function): LAPACK has no half-precision factorisations, and sums of
+squares overflow float16 (max 65504) long before the data do.
+
+Weights act only through their ratios: the cores normalise them first
+(:func:`normalize_weights`, to mean one, so that unit weights are unchanged),
+and any floor they add is relative to that scale.
 """
 
-from collections.abc import Collection
+import functools
+import inspect
+import math
+from collections.abc import Callable, Collection
 from typing import Any
 
 import jax
@@ -26,17 +37,29 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "HALF_DTYPES",
     "as_float",
     "check_choice",
     "check_finite",
     "check_int",
+    "check_key",
     "check_ndim",
+    "check_nonempty",
+    "check_positive_definite",
     "check_same_last_dim",
+    "check_scalar",
+    "check_sums_to_one",
+    "check_symmetric",
     "check_weights",
     "common_float_dtype",
+    "half_precision",
     "is_concrete",
+    "normalize_weights",
+    "public",
     "value_check",
 ]
+
+HALF_DTYPES = (np.dtype(jnp.float16), np.dtype(jnp.bfloat16))
 
 
 def is_concrete(*trees: Any) -> bool:
@@ -186,3 +209,225 @@ def check_weights(
             True, jnp.all(jnp.sum(w, axis=-1) > 0), f"{name} must have a positive sum"
         )
     return w
+
+
+def check_nonempty(x: Any, name: str, *, axis: int = 0, minimum: int = 1) -> None:
+    """Static check: ``x`` has at least ``minimum`` entries along ``axis``.
+
+    Raises:
+      ValueError: naming ``name`` and its shape.
+    """
+    shape = jnp.shape(x)
+    if len(shape) > axis and shape[axis] < minimum:
+        what = "sample" if axis == 0 else "feature"
+        what = f"one {what}" if minimum == 1 else f"{minimum} {what}s"
+        raise ValueError(
+            f"{name} must have at least {what} (axis {axis}), got shape {shape}"
+        )
+
+
+def check_scalar(
+    value: Any,
+    name: str,
+    dtype: Any,
+    *,
+    minimum: float | None = None,
+    positive: bool = False,
+) -> jax.Array:
+    """A real scalar option (``reg_covar``, ``tol``...), as a 0-d array of ``dtype``.
+
+    Static checks (always): a real number or a 0-d real array. On a concrete
+    value (eagerly): finite and ``>= minimum`` (``> minimum`` with
+    ``positive``). A traced value is accepted as it is (e.g. to differentiate
+    with respect to it); the function documents what a bad traced value gives.
+
+    Raises:
+      TypeError: ``value`` is not a real scalar.
+      ValueError: a concrete ``value`` that is NaN, infinite or out of range.
+    """
+    if isinstance(value, bool) or (
+        not isinstance(value, (int, float, np.integer, np.floating))
+        and not (hasattr(value, "dtype") and jnp.ndim(value) == 0)
+    ):
+        raise TypeError(f"{name} must be a real scalar, got {type(value).__name__}")
+    if (
+        hasattr(value, "dtype")
+        and not (
+            jnp.issubdtype(value.dtype, jnp.floating)
+            or jnp.issubdtype(value.dtype, jnp.integer)
+        )
+    ) or (hasattr(value, "dtype") and value.dtype == jnp.bool_):
+        raise TypeError(f"{name} must be a real scalar, got dtype {value.dtype}")
+    if is_concrete(value):
+        v = float(np.asarray(value))
+        if not math.isfinite(v):
+            raise ValueError(f"{name} must be finite, got {v}")
+        if minimum is not None and (v <= minimum if positive else v < minimum):
+            op = ">" if positive else ">="
+            raise ValueError(f"{name} must be {op} {minimum}, got {v}")
+    return jnp.asarray(value, dtype)
+
+
+SUM_TOL = 1e-3  # |sum - 1| allowed of probabilities given as normalised
+
+
+def check_sums_to_one(total: Any, name: str, what: str = "") -> None:
+    """Value check (call on concrete inputs): sums of probabilities equal one.
+
+    The tolerance, ``SUM_TOL = 1e-3``, catches mistakes (counts, a wrong
+    axis, weights summing to 2), not rounding: half-precision probabilities
+    sum to one only to about ``1e-3``.
+
+    Raises:
+      ValueError: naming ``name``, with the worst sum.
+    """
+    total = np.asarray(total, np.float64)
+    if total.size and np.any(np.abs(total - 1) > SUM_TOL):
+        worst = float(total.ravel()[np.argmax(np.abs(total.ravel() - 1))])
+        raise ValueError(
+            f"{name} must sum to one{what} (got a sum of {worst:.6g}); "
+            "normalise it first"
+        )
+
+
+def check_symmetric(m: jax.Array, name: str, validate: bool) -> None:
+    """Value check: ``m`` [..., d, d] is symmetric up to rounding."""
+    if validate and is_concrete(m):
+        tol = 100 * jnp.finfo(m.dtype).eps * jnp.max(jnp.abs(m), initial=0.0)
+        ok = jnp.all(jnp.abs(m - jnp.swapaxes(m, -1, -2)) <= tol)
+        value_check(True, ok, f"{name} must be symmetric")
+
+
+def check_positive_definite(m: jax.Array, name: str, validate: bool) -> None:
+    """Value check: ``m`` [..., d, d] is finite, symmetric and positive definite."""
+    if validate and is_concrete(m):
+        check_finite(m, name, True)
+        check_symmetric(m, name, True)
+        ok = jnp.all(jnp.isfinite(jnp.linalg.cholesky(m)))
+        value_check(True, ok, f"{name} must be positive definite")
+
+
+def normalize_weights(w: jax.Array, axis_name: str | None = None) -> jax.Array:
+    """``w`` [n] rescaled to mean one over all shards (for jitted cores).
+
+    Weights act only through their ratios: rescaling them first makes every
+    later sum of the order of the sample count, whatever their scale (1e-30
+    or 1e30 in float32), and keeps unit weights bit for bit, so that any
+    floor added afterwards (e.g. the ``10 eps`` of an empty component) is
+    relative to the weights' scale. With ``axis_name`` the total and the
+    count are summed over the shards. Weights that are not valid (only under
+    tracing, where they are not checked) stay invalid: negative ones stay
+    negative, and a sum that is not positive gives NaN.
+    """
+    # Two steps: the largest weight first, so that the sum cannot overflow.
+    peak = jnp.max(w, initial=0.0)
+    count = jnp.asarray(w.shape[0], w.dtype)
+    if axis_name is not None:
+        peak = jax.lax.pmax(jax.lax.stop_gradient(peak), axis_name)
+        count = jax.lax.psum(count, axis_name)
+    peak = jax.lax.stop_gradient(jnp.where(peak > 0, peak, 1))
+    scaled = w / peak
+    total = jnp.sum(scaled)
+    if axis_name is not None:
+        total = jax.lax.psum(total, axis_name)
+    # Invalid weights (traced: unchecked) must not turn valid: a sum that is
+    # not positive gives NaN, and negative weights stay negative.
+    return scaled * jnp.where(total > 0, count / total, jnp.nan)
+
+
+def _is_float(leaf: Any) -> bool:
+    """A floating array (JAX, NumPy, or a tracer); not a dtype or a type."""
+    if not isinstance(leaf, (jax.Array, np.ndarray, np.generic)):
+        return False
+    return jax.dtypes.issubdtype(leaf.dtype, jnp.floating)
+
+
+def _is_half(leaf: Any) -> bool:
+    return _is_float(leaf) and np.dtype(leaf.dtype) in HALF_DTYPES
+
+
+def half_precision(fn: Callable) -> Callable:
+    """Decorator: half-precision inputs computed in float32, returned in their dtype.
+
+    When every floating array among the arguments (leaves of pytrees, e.g. a
+    model's fields) is float16 or bfloat16, they are cast to float32, ``fn``
+    runs, and the floating leaves of its result are cast back to the inputs'
+    (common) half dtype. Mixed half and float32/float64 inputs are computed
+    in float32 and returned as ``fn`` returns them (the promotion of the
+    wider dtype). Integer, boolean and key leaves are left alone. Works under
+    ``jit`` (dtypes are static).
+
+    Example:
+      >>> @half_precision
+      ... def double(x):
+      ...     return 2 * x
+      >>> double(jnp.ones(2, jnp.float16)).dtype
+      dtype('float16')
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        leaves = jax.tree.leaves((args, kwargs))
+        floats = {np.dtype(leaf.dtype) for leaf in leaves if _is_float(leaf)}
+        if not floats & set(HALF_DTYPES):
+            return fn(*args, **kwargs)
+        up = lambda a: a.astype(jnp.float32) if _is_half(a) else a
+        args, kwargs = jax.tree.map(up, (args, kwargs))
+        out = fn(*args, **kwargs)
+        if not floats <= set(HALF_DTYPES):
+            return out
+        target = functools.reduce(jnp.promote_types, floats)
+        if np.dtype(target) not in HALF_DTYPES:  # float16 with bfloat16
+            return out
+
+        def down(a):
+            return a.astype(target) if _is_float(a) else a
+
+        return jax.tree.map(down, out)
+
+    return wrapper
+
+
+def check_key(key: Any, name: str = "key") -> None:
+    """Static check: ``key`` is a PRNG key (typed, or legacy raw uint32 [..., 2]).
+
+    Raises:
+      TypeError: naming ``name``, for anything else (an int seed, floats...).
+    """
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return
+    if dtype is not None and dtype == jnp.uint32 and jnp.shape(key)[-1:] == (2,):
+        return
+    what = f"dtype {dtype} and shape {jnp.shape(key)}" if dtype is not None else ""
+    raise TypeError(
+        f"{name} must be a PRNG key (jax.random.key(seed)), got "
+        f"{what or type(key).__name__}"
+    )
+
+
+def public(fn: Callable | None = None, *, optional_key: bool = False) -> Callable:
+    """Decorator of densax's public functions: the checks every one shares.
+
+    A first parameter named ``key`` is checked to be a PRNG key
+    (:func:`check_key`; ``None`` passes where it is the default, or with
+    ``optional_key`` where the function checks it itself), and
+    half-precision inputs are computed in float32 (:func:`half_precision`).
+    """
+    if fn is None:
+        return functools.partial(public, optional_key=optional_key)
+    params = list(inspect.signature(fn).parameters.values())
+    has_key = bool(params) and params[0].name == "key"
+    none_ok = has_key and (params[0].default is None or optional_key)
+    inner = half_precision(fn)
+    if not has_key:
+        return inner
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        key = args[0] if args else kwargs.get("key")
+        if not (none_ok and key is None):
+            check_key(key)
+        return inner(*args, **kwargs)
+
+    return wrapper

@@ -185,6 +185,7 @@ def _kmeans(key, x, w, init, tol, *, k, max_iter, axis_name, seed):
 
 def _check_x_w(x, sample_weight, validate):
     x = _validate.as_float(x, "x", ndim=2)
+    _validate.check_nonempty(x, "x", axis=1)
     _validate.check_finite(x, "x", validate)
     if sample_weight is None:
         return x, jnp.ones(x.shape[0], x.dtype)
@@ -194,6 +195,7 @@ def _check_x_w(x, sample_weight, validate):
     return x, w
 
 
+@_validate.public
 def kmeans_plusplus(
     key: jax.Array,
     x: Any,
@@ -230,9 +232,15 @@ def kmeans_plusplus(
     """
     x, w = _check_x_w(x, sample_weight, validate)
     k = _validate.check_int(k, "k", minimum=1)
+    if k > x.shape[0]:
+        raise ValueError(
+            f"k must be <= the number of samples of x, got k={k} and x of "
+            f"shape {x.shape}"
+        )
     return _plusplus_jit(key, x, w, k)
 
 
+@_validate.public
 def kmeans(
     key: jax.Array,
     x: Any,
@@ -300,7 +308,10 @@ def kmeans(
     if isinstance(init, str):
         _validate.check_choice(init, "init", ("k-means++",))
         if axis_name is None and k > x.shape[0]:
-            raise ValueError(f"k must be <= the number of samples, got k={k}")
+            raise ValueError(
+                f"k must be <= the number of samples of x, got k={k} and x of "
+                f"shape {x.shape}"
+            )
         seed, centres = True, jnp.zeros((k, x.shape[1]), x.dtype)
     else:
         seed = False
@@ -380,6 +391,7 @@ def _quantize(key, model, init, tol, *, k, batch_size, max_iter, n_init, n_eval)
     )
 
 
+@_validate.public
 def quantize(
     key: jax.Array,
     model: Any,

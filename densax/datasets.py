@@ -83,6 +83,16 @@ def _positive(value: Any, name: str) -> float:
     return float(value)
 
 
+def _finite(value: Any, name: str) -> float:
+    if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(
+        value, bool
+    ):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
+
+
 def _non_negative(value: Any, name: str) -> float:
     if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(
         value, bool
@@ -134,6 +144,7 @@ def _mixture_sample(key: jax.Array, n: int, modes: Modes) -> jax.Array:
     return modes.centres[idx] + modes.std * noise
 
 
+@_validate.public
 def eight_gaussians(
     key: jax.Array,
     n: int,
@@ -167,6 +178,7 @@ def eight_gaussians(
     )
 
 
+@_validate.public
 def twenty_five_gaussians(
     key: jax.Array,
     n: int,
@@ -195,6 +207,7 @@ def twenty_five_gaussians(
     return _mixture_sample(key, n, modes)
 
 
+@_validate.public
 def swiss_roll(
     key: jax.Array, n: int, *, noise: float = 0.1, dtype: Any = None
 ) -> jax.Array:
@@ -227,6 +240,7 @@ def swiss_roll(
     return curve + noise * jax.random.normal(k_noise, (n, 2), dtype)
 
 
+@_validate.public
 def two_moons(
     key: jax.Array, n: int, *, noise: float = 0.1, dtype: Any = None
 ) -> jax.Array:
@@ -262,6 +276,7 @@ def two_moons(
     return points + noise * jax.random.normal(k_noise, (n, 2), dtype)
 
 
+@_validate.public
 def rings(
     key: jax.Array,
     n: int,
@@ -301,6 +316,7 @@ def rings(
     return points + noise * jax.random.normal(k_noise, (n, 2), dtype)
 
 
+@_validate.public
 def regime_series(
     key: jax.Array,
     n: int,
@@ -338,7 +354,8 @@ def regime_series(
       A :class:`RegimeSeries` with ``values [n]`` and ``regimes [n]`` (int32).
 
     Raises:
-      ValueError: mismatched lengths, a non-positive std, ``stay`` outside
+      ValueError: mismatched lengths, a non-finite mean, a non-positive std,
+        ``stay`` outside
         ``[0, 1]``, or a transition matrix that is not row-stochastic.
 
     References:
@@ -359,6 +376,7 @@ def regime_series(
             f"{len(means)} and {len(stds)}"
         )
     stds = tuple(_positive(s, "stds") for s in stds)
+    means = tuple(_finite(m, "means") for m in means)
     if transition is None:
         if not 0.0 <= stay <= 1.0:
             raise ValueError(f"stay must be in [0, 1], got {stay}")

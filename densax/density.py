@@ -45,8 +45,17 @@ class Density(Protocol):
         ...
 
 
-def as_model(fitted: Any) -> Any:
+def as_model(fitted: Any, name: str | None = None) -> Any:
     """The model of a ``fit`` output: ``fitted.model`` if it has one, else ``fitted``.
+
+    With ``name`` (the argument's name, for the message), a fit result whose
+    ``converged`` flag is concrete and false is refused: its model is not the
+    fit it claims to be (e.g. a leave-one-out bandwidth collapsing to 0 on
+    duplicated points). Pass ``result.model`` to use it anyway. Under a
+    transformation the flag is a tracer and is not looked at.
+
+    Raises:
+      ValueError: ``name`` given and ``fitted.converged`` is concrete and false.
 
     Example:
       >>> import jax.numpy as jnp
@@ -56,7 +65,21 @@ def as_model(fitted: Any) -> Any:
       True
     """
     model = getattr(fitted, "model", None)
-    return fitted if model is None else model
+    if model is None:
+        return fitted
+    converged = getattr(fitted, "converged", None)
+    if (
+        name is not None
+        and converged is not None
+        and not isinstance(converged, jax.core.Tracer)
+        and not bool(converged)
+    ):
+        raise ValueError(
+            f"{name} is the result of a fit that did not converge "
+            f"(converged=False after n_iter={getattr(fitted, 'n_iter', '?')}); "
+            f"its model is unreliable. Pass {name}.model to use it anyway."
+        )
+    return model
 
 
 def check_density(model: Any, name: str) -> Any:

@@ -47,11 +47,12 @@ class Gaussian(NamedTuple):
         """[...] log-densities of ``x`` [..., d]: :func:`log_prob`."""
         return log_prob(self, x, validate=validate)
 
-    def sample(self, key: jax.Array, n: int) -> jax.Array:
+    def sample(self, key: jax.Array, n: int, *, validate: bool = True) -> jax.Array:
         """[n, d] samples: :func:`sample`."""
-        return sample(key, self, n)
+        return sample(key, self, n, validate=validate)
 
 
+@_validate.public
 def fit(
     x: jax.Array,
     *,
@@ -76,8 +77,10 @@ def fit(
     Args:
       x: [n, d] samples.
       sample_weight: [n] non-negative weights (default: all ones); they need
-        not be normalised.
-      reg_covar: non-negative value added to the diagonal of the covariance.
+        not be normalised: only their ratios matter (any scale gives the same
+        fit).
+      reg_covar: non-negative value added to the diagonal of the covariance
+        (may be traced).
       axis_name: inside ``shard_map``/``pmap`` over shards of ``x`` (and
         ``sample_weight``), the mapped axis name; the sums are ``psum``-ed so
         every shard gets the fit of the whole data.
@@ -85,11 +88,13 @@ def fit(
         are valid.
 
     Returns:
-      The fitted ``Gaussian``, in the dtype of ``x``.
+      The fitted ``Gaussian``, in the dtype of ``x`` (half precision is
+      computed in float32).
 
     Raises:
-      ValueError: ``x`` is not rank 2, ``sample_weight`` has the wrong shape,
-        ``reg_covar`` is negative; eagerly, non-finite ``x`` or invalid weights.
+      ValueError: ``x`` is not rank 2, has no sample (n = 0, unsharded) or no
+        feature, ``sample_weight`` has the wrong shape, ``reg_covar`` is
+        negative or not finite; eagerly, non-finite ``x`` or invalid weights.
 
     Example:
       >>> import jax.numpy as jnp
@@ -98,15 +103,18 @@ def fit(
       ([1.0, 1.0], [[1.0, 0.0], [0.0, 1.0]])
     """
     x = _validate.as_float(x, "x", ndim=2)
+    if axis_name is None:
+        _validate.check_nonempty(x, "x")
+    _validate.check_nonempty(x, "x", axis=1)
     _validate.check_finite(x, "x", validate)
     w = _weights(sample_weight, x, validate)
-    if reg_covar < 0:
-        raise ValueError(f"reg_covar must be >= 0, got {reg_covar}")
-    return _fit(x, w, jnp.asarray(reg_covar, x.dtype), axis_name=axis_name)
+    reg_covar = _validate.check_scalar(reg_covar, "reg_covar", x.dtype, minimum=0)
+    return _fit(x, w, reg_covar, axis_name=axis_name)
 
 
 @functools.partial(jax.jit, static_argnames=("axis_name",))
 def _fit(x, w, reg_covar, *, axis_name):
+    w = _validate.normalize_weights(w, axis_name)  # only the ratios matter
     total = _psum(jnp.sum(w), axis_name)
     mean = _psum(jnp.matmul(w, x, precision=_HIGHEST), axis_name) / total
     diff = x - mean
@@ -115,6 +123,7 @@ def _fit(x, w, reg_covar, *, axis_name):
     return Gaussian(mean, cov)
 
 
+@_validate.public
 def log_prob(model: Gaussian, x: jax.Array, *, validate: bool = True) -> jax.Array:
     r"""Log-density of ``x`` under the Gaussian, through the Cholesky factor.
 
@@ -125,17 +134,19 @@ def log_prob(model: Gaussian, x: jax.Array, *, validate: bool = True) -> jax.Arr
     Args:
       model: the ``Gaussian`` (mean [d], cov [d, d]).
       x: [..., d] points.
-      validate: check on the eager path that ``x`` is finite and that ``cov``
-        is positive definite. Under a transformation the checks are skipped: a
-        non-finite point gives NaN for that point only, a covariance that is
-        not positive definite gives NaN everywhere.
+      validate: check on the eager path that ``x`` and ``mean`` are finite
+        and that ``cov`` is symmetric positive definite. Under a
+        transformation the checks are skipped: a non-finite point gives NaN
+        for that point only, a covariance that is not positive definite gives
+        NaN everywhere, and a non-symmetric one is used through its lower
+        triangle.
 
     Returns:
       [...] log-densities, in the common dtype of ``model`` and ``x``.
 
     Raises:
       ValueError: shapes do not match; eagerly, non-finite ``x`` or a
-        covariance that is not positive definite.
+        covariance that is not symmetric positive definite.
 
     Example:
       >>> import jax.numpy as jnp
@@ -145,6 +156,8 @@ def log_prob(model: Gaussian, x: jax.Array, *, validate: bool = True) -> jax.Arr
     """
     mean, cov, x = _check_model(model, x)
     _validate.check_finite(x, "x", validate)
+    _validate.check_finite(mean, "model.mean", validate)
+    _validate.check_symmetric(cov, "model.cov", validate)
     chol = jnp.linalg.cholesky(cov)
     _validate.value_check(
         validate,
@@ -165,16 +178,27 @@ def _log_prob(mean, chol, x):
     return out.reshape(x.shape[:-1])
 
 
-def sample(key: jax.Array, model: Gaussian, n: int) -> jax.Array:
+@_validate.public
+def sample(
+    key: jax.Array, model: Gaussian, n: int, *, validate: bool = True
+) -> jax.Array:
     """Draws ``n`` samples ``mean + L z`` with ``z`` standard normal, ``L L^T = cov``.
 
     Args:
       key: a PRNG key.
       model: the ``Gaussian`` (mean [d], cov [d, d], positive definite).
       n: number of samples (a Python int).
+      validate: check on the eager path that ``mean`` is finite and ``cov``
+        symmetric positive definite. Under a transformation a covariance that
+        is not positive definite gives NaN samples.
 
     Returns:
       [n, d] samples in the dtype of ``model``.
+
+    Raises:
+      TypeError: ``n`` is not an int, ``model`` not a ``Gaussian``.
+      ValueError: ``n < 0``; eagerly, a non-finite mean or a covariance that
+        is not symmetric positive definite (e.g. singular).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -184,6 +208,8 @@ def sample(key: jax.Array, model: Gaussian, n: int) -> jax.Array:
     """
     n = _validate.check_int(n, "n", minimum=0)
     mean, cov, _ = _check_model(model, None)
+    _validate.check_finite(mean, "model.mean", validate)
+    _validate.check_positive_definite(cov, "model.cov", validate)
     return _sample(key, mean, cov, n=n)
 
 

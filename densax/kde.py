@@ -78,6 +78,8 @@ from densax._validate import (
     check_weights,
     common_float_dtype,
     is_concrete,
+    normalize_weights,
+    public,
     value_check,
 )
 
@@ -117,7 +119,8 @@ class KDE:
     """
 
     data: jax.Array  # [n, d] float: the points
-    sample_weight: jax.Array  # [n] float: non-negative weights (ones by default)
+    # [n] float: non-negative weights, rescaled to mean one (ones by default)
+    sample_weight: jax.Array
     bandwidth: jax.Array  # [] float scalar h, or [d, d] kernel covariance H
     chol: jax.Array  # [] float h, or [d, d] lower Cholesky factor L of H
     # [] float: log sum w + log |det L| (d log h) + log Z_d, over all shards.
@@ -198,8 +201,12 @@ def _solve_rows(chol, a):
 
 @functools.partial(jax.jit, static_argnames=("kernel", "axis_name"))
 def _make_model(data, w, bandwidth, *, kernel, axis_name):
-    """The set-up of a KDE: the Cholesky factor and the normaliser, once."""
+    """The set-up of a KDE: the Cholesky factor and the normaliser, once.
+
+    The weights are stored rescaled to mean one (only their ratios matter).
+    """
     d = data.shape[1]
+    w = normalize_weights(w, axis_name)
     if bandwidth.ndim == 0:
         chol, log_det = bandwidth, d * jnp.log(bandwidth)
     else:
@@ -216,6 +223,7 @@ def _make_model(data, w, bandwidth, *, kernel, axis_name):
 def _loo_log_likelihood(data, bandwidth, weights, *, kernel, block_size, axis_name):
     n, d = data.shape
     w = jnp.ones(n, data.dtype) if weights is None else weights
+    w = normalize_weights(w, axis_name)  # only the ratios matter
     if axis_name is None:
         queries, w_queries, offset = data, w, jnp.int32(0)
     else:
@@ -241,6 +249,7 @@ def _loo_log_likelihood(data, bandwidth, weights, *, kernel, block_size, axis_na
 def _rule_covariance(data, weights, *, rule, axis_name):
     n, d = data.shape
     w = jnp.ones(n, data.dtype) if weights is None else weights
+    w = normalize_weights(w, axis_name)  # only the ratios matter
     total, total_sq, weighted_sum = jnp.sum(w), jnp.sum(w * w), w @ data
     if axis_name is not None:
         total, total_sq, weighted_sum = lax.psum(
@@ -262,6 +271,8 @@ def _rule(data, weights, rule, validate, axis_name=None):
     dtype = common_float_dtype(data)
     data = as_float(data, "data", ndim=2, dtype=dtype)
     n = data.shape[0]
+    if data.shape[1] < 1:
+        raise ValueError(f"data must have at least one feature, got {data.shape}")
     if n < 2 and axis_name is None:
         raise ValueError(f"data must have at least 2 points, got shape {data.shape}")
     if weights is not None:
@@ -284,6 +295,7 @@ def _checked_rule(data, weights, rule, validate, axis_name):
     return cov
 
 
+@public
 def scott(
     data: Any,
     sample_weight: Any = None,
@@ -322,6 +334,7 @@ def scott(
     return _rule(data, sample_weight, "scott", validate, axis_name)
 
 
+@public
 def silverman(
     data: Any,
     sample_weight: Any = None,
@@ -371,6 +384,8 @@ def _prepare(x, data, bandwidth, weights, kernel, validate, axis_name=None):
     n, d = data.shape
     if n < 1:
         raise ValueError(f"data must have at least one point, got shape {data.shape}")
+    if d < 1:
+        raise ValueError(f"data must have at least one feature, got {data.shape}")
     if x is not None:
         x = as_float(x, "x", ndim=(1, 2), dtype=dtype)
         check_same_last_dim(x, data, "x", "data")
@@ -425,6 +440,7 @@ def _block_size(block_size, m, n, itemsize):
     return max(1, -(-m // n_blocks))
 
 
+@public
 def loo_log_likelihood(
     data: Any,
     bandwidth: Any,
@@ -635,6 +651,7 @@ def _fit_loo(
     )
 
 
+@public
 def fit(
     data: Any,
     *,
@@ -770,6 +787,7 @@ def fit(
     )
 
 
+@public
 def log_prob(
     model: KDE,
     x: Any,
@@ -890,6 +908,7 @@ def _sample(key, model, *, n):
     return data[index] + offsets
 
 
+@public
 def sample(key: jax.Array, model: KDE, n: int) -> jax.Array:
     """Draws ``n`` exact samples from the KDE ``model``.
 

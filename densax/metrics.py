@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 
+@_validate.public
 def sw2(key: jax.Array, x: Any, y: Any, *, n_projections: int = 512) -> jax.Array:
     """Sliced 2-Wasserstein distance between two samples (uniform weights).
 
@@ -70,6 +71,7 @@ def sw2(key: jax.Array, x: Any, y: Any, *, n_projections: int = 512) -> jax.Arra
     return ot.sliced_wasserstein(key, x, y, n_projections=n_projections)
 
 
+@_validate.public
 def sw2_noise_floor(
     key: jax.Array,
     sampler: Callable[[jax.Array, int], jax.Array],
@@ -141,6 +143,7 @@ def _mode_coverage(x, centres, std, n_std, min_share):
     )
 
 
+@_validate.public
 def mode_coverage(
     x: Any,
     centres: Any,
@@ -163,6 +166,10 @@ def mode_coverage(
     Returns:
       A :class:`ModeCoverage`.
 
+    Raises:
+      ValueError: no sample or no centre (an empty sample covers no mode: it
+        is an error, not a score), bad shapes or options.
+
     Example:
       >>> from densax import datasets
       >>> modes = datasets.eight_gaussians_modes()
@@ -173,6 +180,8 @@ def mode_coverage(
     """
     x = _validate.as_float(x, "x", ndim=2)
     centres = _validate.as_float(centres, "centres", ndim=2, dtype=x.dtype)
+    _validate.check_nonempty(x, "x")
+    _validate.check_nonempty(centres, "centres")
     _validate.check_same_last_dim(x, centres, "x", "centres")
     if not (std > 0 and n_std > 0 and min_share >= 0):
         raise ValueError(
@@ -184,6 +193,7 @@ def mode_coverage(
     )
 
 
+@_validate.public
 def heldout_log_likelihood(
     model: Density, heldout: Any, *, sample_weight: Any = None
 ) -> jax.Array:
@@ -206,7 +216,9 @@ def heldout_log_likelihood(
 
     Raises:
       TypeError: ``model`` is not a density model.
-      ValueError: ``heldout`` is not [m, d]; bad weights.
+      ValueError: ``heldout`` is not [m, d] with m >= 1; bad weights; a fit
+        result that did not converge (``converged=False``, eagerly: pass its
+        ``.model`` to use it anyway).
 
     Example:
       >>> from densax import datasets, kde
@@ -217,8 +229,9 @@ def heldout_log_likelihood(
       >>> bool(heldout_log_likelihood(good, y) > heldout_log_likelihood(bad, y))
       True
     """
-    model = check_density(as_model(model), "model")
+    model = check_density(as_model(model, "model"), "model")
     heldout = _validate.as_float(heldout, "heldout", ndim=2)
+    _validate.check_nonempty(heldout, "heldout")
     log_p = jnp.asarray(model.log_prob(heldout))
     if sample_weight is None:
         return jnp.mean(log_p)

@@ -5,6 +5,7 @@ configuration (16-wide networks, batch 32, chunks of 5 steps) and its compiled
 chunk, through module-scoped fixtures.
 """
 
+import re
 import warnings
 
 import jax
@@ -125,11 +126,97 @@ def test_resume_from_checkpoint_is_bit_identical(base, data, tmp_path):
         )
 
 
-def test_not_a_checkpoint(base, tmp_path):
-    path = tmp_path / "junk"
-    path.write_bytes(b"\x80\x04not msgpack of ours")
-    with pytest.raises(ValueError):
-        checkpoint.load(path, base.state)
+def _payload(target, **changes):
+    """A checkpoint's msgpack payload, with some entries replaced (crafted files)."""
+    from flax import serialization
+
+    raw = target._replace(key=jax.random.key_data(target.key))
+    payload = {
+        "format": "densax.generative.checkpoint/1",
+        "key_impl": str(jax.random.key_impl(target.key)),
+        "meta": "{}",
+        "state": serialization.to_state_dict(jax.device_get(raw)),
+        "history": None,
+    }
+    payload.update(changes)
+    return serialization.msgpack_serialize(payload)
+
+
+def test_unreadable_checkpoints_raise_one_error_naming_the_file(base, tmp_path):
+    from flax import serialization
+
+    good = tmp_path / "good.ckpt"
+    checkpoint.save(good, base.state, meta={"a": 1})
+    data = good.read_bytes()
+    state_dict = serialization.to_state_dict(
+        jax.device_get(base.state._replace(key=jax.random.key_data(base.state.key)))
+    )
+    int8 = jax.tree.map(lambda a: np.asarray(a).astype(np.int8), state_dict)
+    negative = {**state_dict, "step": np.int32(-5)}
+    cases = {
+        "junk": b"\x80\x04not msgpack of ours",
+        "truncated": data[: len(data) // 2],
+        "empty": b"",
+        "list": serialization.msgpack_serialize([1, 2, 3]),
+        "no_state": serialization.msgpack_serialize(
+            {"format": "densax.generative.checkpoint/1"}
+        ),
+        "state_not_dict": _payload(base.state, state=3),
+        "bad_impl": _payload(base.state, key_impl="nope"),
+        "bad_meta": _payload(base.state, meta="{not json"),
+        "int8": _payload(base.state, state=int8),
+        "negative_step": _payload(base.state, state=negative),
+        "bad_history": _payload(base.state, history=[1, 2]),
+    }
+    for name, content in cases.items():
+        path = tmp_path / f"{name}.ckpt"
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match=re.escape(str(path))):
+            checkpoint.load(path, base.state)
+    with pytest.raises(ValueError, match=r"missing\.ckpt"):
+        checkpoint.load(tmp_path / "missing.ckpt", base.state)
+    assert checkpoint.load(good, base.state)[2] == {"a": 1}
+
+
+def test_resume_checks_key_and_data_and_extends_a_finished_run(base, data, tmp_path):
+    path = tmp_path / "run.ckpt"
+    run = dict(method="wgan-gp", checkpoint=path, **TINY)
+    done = train(jax.random.key(1), data, num_steps=STEPS, **run)
+    assert _equal(done.state, base.state)
+    for key, x, what in [
+        (jax.random.key(2), data, "key"),
+        (jax.random.key(1), data[::-1], "data_fingerprint"),
+    ]:
+        with pytest.raises(ValueError, match=f"differs in {what}"):
+            train(key, x, num_steps=STEPS, resume=True, **run)
+    with pytest.raises(ValueError, match="already holds 10 steps"):
+        train(jax.random.key(1), data, num_steps=5, resume=True, **run)
+    # A finished run extended to more steps continues from the saved state.
+    longer = train(jax.random.key(1), data, num_steps=STEPS + 5, resume=True, **run)
+    assert int(longer.state.step) == STEPS + 5
+    np.testing.assert_array_equal(longer.history.chunk_step, [5, 10, 15])
+    for name, losses in base.history.losses.items():
+        np.testing.assert_array_equal(longer.history.losses[name][:STEPS], losses)
+        assert np.all(np.isfinite(longer.history.losses[name]))
+
+
+def test_degenerate_data_and_half_precision(data):
+    with pytest.raises(ValueError, match="data must have at least one feature"):
+        train(jax.random.key(1), jnp.zeros((8, 0)), method="sliced", num_steps=1)
+    with pytest.raises(ValueError, match="data must hold at least one point"):
+        train(jax.random.key(1), jnp.zeros((0, 2)), method="sliced", num_steps=1)
+    # Half precision is trained in float32 (the compiled chunk of `base`).
+    for dtype in (jnp.float16, jnp.bfloat16):
+        half = train(
+            jax.random.key(1),
+            data.astype(dtype),
+            method="wgan-gp",
+            num_steps=STEPS,
+            **TINY,
+        )
+        assert half.finite and int(half.state.step) == STEPS
+        for leaf in jax.tree.leaves(half.state.params):
+            assert leaf.dtype == jnp.float32
 
 
 def test_sharded_training_equals_single_device(base, data, mesh):
@@ -186,9 +273,23 @@ def test_nan_guard_keeps_last_good_state(base, data, tmp_path):
     assert all(v.shape == (good_steps,) for v in bad.history.losses.values())
     # Before that step the poisoned row was never drawn, so the kept state is
     # exactly the clean run's after `good_steps` steps: resuming from the
-    # checkpoint on clean data ends bit-identical to the clean run.
-    saved, _, _ = checkpoint.load(path, bad.state)
+    # checkpoint on clean data ends bit-identical to the clean run. The
+    # checkpoint describes the poisoned data, so resuming on the clean data
+    # is refused until its description is rewritten for them.
+    saved, history, meta = checkpoint.load(path, bad.state)
     assert _equal(saved, bad.state)
+    with pytest.raises(ValueError, match="differs in data_fingerprint"):
+        train(
+            jax.random.key(1),
+            data,
+            method="wgan-gp",
+            num_steps=STEPS,
+            checkpoint=path,
+            resume=True,
+            **TINY,
+        )
+    clean = {**meta, "data_fingerprint": train_module._fingerprint(data)}
+    checkpoint.save(path, saved, history=history, meta=clean)
     resumed = train(
         jax.random.key(1),
         data,

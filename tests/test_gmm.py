@@ -369,9 +369,13 @@ def test_jit_and_no_retracing():
 def test_log_prob_gradients(covariance_type, x64):
     p = _initial(covariance_type)
 
+    # The finite differences leave the simplex and the symmetric matrices,
+    # which the eager value checks would refuse.
     def log_prob(weights, means, covariances, x):
-        params = gmm.from_covariances(weights, means, covariances, covariance_type)
-        return gmm.log_prob(params, x)
+        params = gmm.from_covariances(
+            weights, means, covariances, covariance_type, validate=False
+        )
+        return gmm.log_prob(params, x, validate=False)
 
     args = (p.weights, p.means, p.covariances, X[:16])
     check_grads(log_prob, args, order=1, modes=["rev"])
@@ -456,7 +460,7 @@ def test_bad_input_errors():
         gmm.fit(key, x, K, init="kmeans+")
     with pytest.raises(ValueError, match="method must be one of"):
         gmm.init(key, x, K, method="pca")
-    with pytest.raises(ValueError, match="n_components=300 must be <= the number"):
+    with pytest.raises(ValueError, match="x must have at least n_components=300"):
         gmm.fit(key, x, 300)
     with pytest.raises(TypeError, match="n_components must be an int"):
         gmm.fit(key, x, 2.0)

@@ -81,3 +81,78 @@ def test_mesh_fixture_shard_map_psum(mesh):
         out_specs=P(),
     )(jnp.arange(8.0))
     assert float(total) == 28.0
+
+
+def test_check_scalar_static_always_values_eagerly():
+    assert _validate.check_scalar(0.5, "reg_covar", jnp.float32) == 0.5
+    for bad, err in (("a", TypeError), (True, TypeError), (jnp.ones(2), TypeError)):
+        with pytest.raises(err, match="reg_covar must be a real scalar"):
+            _validate.check_scalar(bad, "reg_covar", jnp.float32)
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match="reg_covar must be"):
+            _validate.check_scalar(bad, "reg_covar", jnp.float32, minimum=0)
+    # A traced value passes unchecked (the function documents the outcome).
+    out = jax.jit(lambda r: _validate.check_scalar(r, "r", jnp.float32, minimum=0))
+    assert float(out(-1.0)) == -1.0
+
+
+def test_check_key_and_the_public_decorator():
+    _validate.check_key(jax.random.key(0))
+    _validate.check_key(jax.random.PRNGKey(0))  # legacy raw uint32 [2]
+    for bad in (0, 1.5, jnp.zeros(3, jnp.uint32), jnp.zeros(2)):
+        with pytest.raises(TypeError, match="key must be a PRNG key"):
+            _validate.check_key(bad)
+
+    @_validate.public
+    def draw(key, x):
+        return x * 2
+
+    @_validate.public
+    def maybe(key=None):
+        return key
+
+    assert maybe() is None
+    with pytest.raises(TypeError, match="key must be a PRNG key"):
+        draw(3, jnp.ones(2))
+    for dtype in (jnp.float16, jnp.bfloat16):
+        assert draw(jax.random.key(0), jnp.ones(2, dtype)).dtype == dtype
+    assert draw(jax.random.key(0), jnp.ones(2, jnp.int32)).dtype == jnp.int32
+
+
+def test_half_precision_computes_in_float32():
+    seen = []
+
+    @_validate.half_precision
+    def f(x, y=None, n=3):
+        seen.append((x.dtype, None if y is None else y.dtype))
+        return {"value": jnp.sum(x), "count": jnp.int32(n), "flag": x[0] > 0}
+
+    out = f(jnp.full(4, 300.0, jnp.float16))
+    assert seen[-1] == (jnp.float32, None)
+    assert out["value"].dtype == jnp.float16 and float(out["value"]) == 1200.0
+    assert out["count"].dtype == jnp.int32 and out["flag"].dtype == jnp.bool_
+    # Mixed with a wider float: computed and returned in float32.
+    out = f(jnp.ones(2, jnp.float16), jnp.ones(2, jnp.float32))
+    assert out["value"].dtype == jnp.float32
+    assert jax.jit(f)(jnp.ones(2, jnp.bfloat16))["value"].dtype == jnp.bfloat16
+
+
+def test_normalize_weights_keeps_ratios_and_invalid_weights_invalid():
+    w = jnp.array([1.0, 2.0, 3.0])
+    for scale in (1.0, 1e-30, 1e30):
+        np.testing.assert_allclose(
+            _validate.normalize_weights(w * scale), [0.5, 1.0, 1.5], rtol=1e-6
+        )
+    np.testing.assert_array_equal(_validate.normalize_weights(jnp.ones(4)), 1.0)
+    assert np.isnan(_validate.normalize_weights(-jnp.ones(3))).all()
+    assert float(_validate.normalize_weights(jnp.array([-1.0, 3.0]))[0]) < 0
+
+
+def test_check_sums_to_one_and_nonempty():
+    _validate.check_sums_to_one(jnp.array([1.0, 1.0 + 5e-4]), "p")
+    with pytest.raises(ValueError, match="p must sum to one"):
+        _validate.check_sums_to_one(jnp.array([1.0, 0.5]), "p")
+    with pytest.raises(ValueError, match=r"x must have at least one sample"):
+        _validate.check_nonempty(jnp.zeros((0, 2)), "x")
+    with pytest.raises(ValueError, match=r"x must have at least one feature"):
+        _validate.check_nonempty(jnp.zeros((3, 0)), "x", axis=1)

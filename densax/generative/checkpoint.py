@@ -4,11 +4,11 @@ A checkpoint holds everything needed to continue a run exactly where it
 stopped: the parameters and optimiser states of every network, the step
 count and the run's PRNG key (as raw key data plus the PRNG implementation's
 name), together with the loss history and a small JSON description of the run
-(method, options, data shape) that :func:`densax.generative.train` checks
-before resuming. It is written with ``flax.serialization`` (msgpack of the
-state pytrees' ``to_state_dict``), atomically: the file is written beside the
-target and renamed over it, so an interrupted save never leaves a truncated
-checkpoint.
+(method, options, data shape, the key, a fingerprint of the data) that
+:func:`densax.generative.train` checks before resuming. It is written with
+``flax.serialization`` (msgpack of the state pytrees' ``to_state_dict``),
+atomically: the file is written beside the target and renamed over it, so
+an interrupted save never leaves a truncated checkpoint.
 
 Restoring needs a *target*, a state of the same structure (the freshly
 initialised state of the run), as ``flax.serialization.from_state_dict`` does;
@@ -77,6 +77,9 @@ def save(
 def load(path: str | os.PathLike, target: Any) -> tuple[Any, Any, Any]:
     """Reads a checkpoint written by :func:`save`.
 
+    Every array is checked against ``target``: same structure, shapes and
+    dtypes; a ``step`` field, if any, must be a non-negative integer.
+
     Args:
       path: the checkpoint file.
       target: a state of the same structure as the saved one (its values are
@@ -88,29 +91,86 @@ def load(path: str | os.PathLike, target: Any) -> tuple[Any, Any, Any]:
       None) and the description.
 
     Raises:
-      ValueError: the file is not a densax checkpoint, or its structure does
-        not match ``target``.
+      ValueError: naming the file, for every way it cannot be read: missing
+        or unreadable, not a densax checkpoint (corrupt, truncated, crafted),
+        or a structure, shape or dtype that does not match ``target``.
     """
-    payload = serialization.msgpack_restore(Path(path).read_bytes())
-    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+    try:
+        return _load(Path(path), target)
+    except ValueError as err:
+        if str(path) in str(err):
+            raise
+        raise ValueError(f"cannot read the checkpoint {path}: {err}") from err
+    except Exception as err:
+        raise ValueError(
+            f"cannot read the checkpoint {path}: {type(err).__name__}: {err}"
+        ) from err
+
+
+def _load(path: Path, target: Any) -> tuple[Any, Any, Any]:
+    try:
+        payload = serialization.msgpack_restore(path.read_bytes())
+    except OSError:
+        raise
+    except Exception as err:
+        raise ValueError(
+            f"{path} is not a densax.generative checkpoint (corrupt or "
+            f"truncated: {type(err).__name__}: {err})"
+        ) from err
+    fields = {"format", "key_impl", "meta", "state", "history"}
+    if (
+        not isinstance(payload, dict)
+        or payload.get("format") != _FORMAT
+        or not fields <= set(payload)
+        or not isinstance(payload["state"], dict)
+        or not isinstance(payload["key_impl"], str)
+        or not isinstance(payload["meta"], str)
+    ):
         raise ValueError(f"{path} is not a densax.generative checkpoint")
     raw_target = target._replace(key=jax.random.key_data(target.key))
     try:
         raw = serialization.from_state_dict(raw_target, payload["state"])
-    except (KeyError, ValueError, TypeError) as err:
+    except Exception as err:
         raise ValueError(
             f"the checkpoint {path} does not match this run's networks: {err}"
         ) from err
-    mismatch = [
-        (np.shape(a), np.shape(b))
-        for a, b in zip(jax.tree.leaves(raw), jax.tree.leaves(raw_target), strict=True)
-        if np.shape(a) != np.shape(b)
-    ]
-    if mismatch:
+    pairs = list(zip(jax.tree.leaves(raw), jax.tree.leaves(raw_target), strict=False))
+    if len(pairs) != len(jax.tree.leaves(raw_target)) or len(
+        jax.tree.leaves(raw)
+    ) != len(pairs):
         raise ValueError(
-            f"the checkpoint {path} does not match this run's networks: array "
-            f"shapes differ, e.g. {mismatch[0][0]} saved vs {mismatch[0][1]} expected"
+            f"the checkpoint {path} does not match this run's networks: "
+            "a different number of arrays"
         )
+    for a, b in pairs:
+        if not isinstance(a, (np.ndarray, np.generic, jax.Array)):
+            raise ValueError(
+                f"the checkpoint {path} holds a {type(a).__name__} where this "
+                "run has an array"
+            )
+        if np.shape(a) != np.shape(b):
+            raise ValueError(
+                f"the checkpoint {path} does not match this run's networks: array "
+                f"shapes differ, e.g. {np.shape(a)} saved vs {np.shape(b)} expected"
+            )
+        if np.asarray(a).dtype != np.dtype(b.dtype):
+            raise ValueError(
+                f"the checkpoint {path} does not match this run's networks: "
+                f"dtypes differ, e.g. {np.asarray(a).dtype} saved vs "
+                f"{np.dtype(b.dtype)} expected"
+            )
+    step = getattr(raw, "step", None)
+    if step is not None and int(np.asarray(step)) < 0:
+        raise ValueError(f"the checkpoint {path} has a negative step {int(step)}")
     raw = jax.tree.map(jnp.asarray, raw)
     key = jax.random.wrap_key_data(raw.key, impl=payload["key_impl"])
-    return raw._replace(key=key), payload["history"], json.loads(payload["meta"])
+    history = payload["history"]
+    if history is not None and not isinstance(history, dict):
+        raise ValueError(f"the checkpoint {path} has a malformed history")
+    try:
+        meta = json.loads(payload["meta"])
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"the checkpoint {path} has a malformed description: {err}"
+        ) from err
+    return raw._replace(key=key), history, meta

@@ -172,7 +172,10 @@ def cosine_schedule(
 
 
 def _noised(x0, t, noise, schedule):
-    abar = schedule.alpha_bars[t][:, None]
+    n_t = schedule.alpha_bars.shape[0]
+    valid = (t >= 0) & (t < n_t)  # out of range: NaN rows, never a clamp or wrap
+    abar = jnp.where(valid, schedule.alpha_bars[jnp.clip(t, 0, n_t - 1)], jnp.nan)
+    abar = abar[:, None]
     return jnp.sqrt(abar) * x0 + jnp.sqrt(1 - abar) * noise
 
 
@@ -186,7 +189,14 @@ def q_sample(key: jax.Array, x0: Any, t: Any, schedule: Schedule) -> jax.Array:
       schedule: the noise schedule.
 
     Returns:
-      [n, d] noised data, in ``x0``'s dtype.
+      [n, d] noised data, in ``x0``'s dtype. Under a transformation a
+      timestep outside ``[0, T)`` gives a NaN row (never a clamped or
+      wrapped timestep).
+
+    Raises:
+      TypeError: ``t`` is not an integer array.
+      ValueError: ``t`` does not broadcast to [n]; eagerly, a timestep
+        outside ``[0, T)``.
 
     Example:
       >>> x0 = jnp.ones((4, 2))
@@ -195,7 +205,18 @@ def q_sample(key: jax.Array, x0: Any, t: Any, schedule: Schedule) -> jax.Array:
       (4, 2)
     """
     x0 = _validate.as_float(x0, "x0", ndim=2)
-    t = jnp.broadcast_to(jnp.asarray(t), x0.shape[:1])
+    t = jnp.asarray(t)
+    if not jnp.issubdtype(t.dtype, jnp.integer):
+        raise TypeError(f"t must hold integer timesteps, got dtype {t.dtype}")
+    if t.ndim > 1 or (t.ndim == 1 and t.shape[0] not in (1, x0.shape[0])):
+        raise ValueError(f"t must be a scalar or [{x0.shape[0]}], got {t.shape}")
+    t = jnp.broadcast_to(t, x0.shape[:1])
+    n_t = schedule.alpha_bars.shape[0]
+    _validate.value_check(
+        True,
+        jnp.all((t >= 0) & (t < n_t)),
+        f"t must be in [0, {n_t}) (the schedule's timesteps)",
+    )
     noise = jax.random.normal(key, x0.shape, x0.dtype)
     return _noised(x0, t, noise, schedule).astype(x0.dtype)
 

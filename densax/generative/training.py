@@ -35,6 +35,7 @@ fixed evaluation noise so that its trace shows the training progress only.
 
 import dataclasses
 import functools
+import hashlib
 import math
 import time
 import warnings
@@ -202,10 +203,28 @@ def _options(method: str, options: dict[str, Any]) -> Any:
     return cls(**options)
 
 
+def _fingerprint(data: jax.Array) -> str:
+    """A cheap hash of ``data``: its shape, dtype and up to 1024 evenly spaced rows."""
+    stride = max(1, -(-data.shape[0] // 1024))
+    rows = np.ascontiguousarray(jax.device_get(data[::stride]))
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(repr((data.shape, str(data.dtype))).encode())
+    digest.update(rows.tobytes())
+    return digest.hexdigest()
+
+
 def _describe(
-    method: str, options: Any, data: jax.Array, batch_size: int, num_steps: int
+    method: str,
+    options: Any,
+    data: jax.Array,
+    batch_size: int,
+    num_steps: int,
+    key: jax.Array,
 ) -> dict:
-    """The JSON description checked when resuming (callables by name only)."""
+    """The JSON description checked when resuming (callables by name only).
+
+    Everything but ``num_steps`` must match to resume (a run may be extended).
+    """
 
     def plain(v):
         if v is None or isinstance(v, (bool, int, float, str)):
@@ -222,6 +241,8 @@ def _describe(
         "options": opts,
         "data_shape": list(data.shape),
         "dtype": str(data.dtype),
+        "data_fingerprint": _fingerprint(data),
+        "key": jax.random.key_data(key).tobytes().hex(),
         "batch_size": batch_size,
         "num_steps": num_steps,
     }
@@ -333,7 +354,12 @@ def train(
         ``"sinkhorn"``, ``"ddpm"``, ``"flow"`` (maximum likelihood; its
         density model is :func:`densax.generative.density` of the result).
       num_steps: total generator (or denoiser) steps; when resuming, the
-        steps already in the checkpoint count.
+        steps already in the checkpoint count. A finished run may be extended
+        by resuming with a larger ``num_steps``: it continues from the saved
+        state, the learning-rate schedules spanning the new ``num_steps``
+        from there on (with ``lr_schedule="constant"`` the extended run is
+        bit-identical to a run of the larger ``num_steps`` from the start; a
+        cosine schedule is stretched to the new horizon).
       batch_size: global batch size (divisible by the number of devices in
         ``mesh``); default: the method's, 256 for the adversarial methods and
         ``"ddpm"``, 1024 for ``"sliced"`` and 512 for ``"sinkhorn"``
@@ -346,10 +372,16 @@ def train(
         many reference points; 0 turns evaluation off.
       mesh: a 1D device mesh to shard the batch over (data parallel).
       checkpoint: file to write a checkpoint to after every chunk.
-      resume: continue from ``checkpoint`` if that file exists.
+      resume: continue from ``checkpoint`` if that file exists. The
+        checkpoint's description must match this run: method, options,
+        batch size, the data (shape, dtype and a hash of up to 1024 evenly
+        spaced rows) and ``key``; only ``num_steps`` may grow.
       verbose: print one line per chunk (step, steps/s, losses, metric).
       callback: called with a :class:`Progress` after every chunk.
       validate: check that ``data`` is finite.
+
+    Half-precision data (float16, bfloat16) are trained on in float32: the
+    networks' parameters, the samples and the metric are float32.
       **options: the method's options, e.g. ``learning_rate``, ``hidden``,
         ``n_critic``, ``gp_weight`` (see the options classes of
         :mod:`~densax.generative.gans` and :mod:`~densax.generative.diffusion`).
@@ -360,8 +392,10 @@ def train(
       being the last finite one.
 
     Raises:
-      ValueError: bad option values or shapes, non-finite data, a checkpoint
-        of another run.
+      ValueError: bad option values or shapes (no point, no feature),
+        non-finite data, a checkpoint of another run (other key, data,
+        options...) or holding more than ``num_steps`` steps, a checkpoint
+        that cannot be read (naming the file).
       TypeError: unknown options, non-int counts.
 
     Example:
@@ -384,8 +418,12 @@ def train(
     eval_size = _validate.check_int(eval_size, "eval_size", minimum=0)
     opts = _options(method, options)
     data = _validate.as_float(data, "data", ndim=2)
+    if data.dtype in _validate.HALF_DTYPES:  # trained in float32 (documented)
+        data = data.astype(jnp.float32)
     if data.shape[0] < 1:
         raise ValueError("data must hold at least one point")
+    if data.shape[1] < 1:
+        raise ValueError(f"data must have at least one feature, got {data.shape}")
     _validate.check_finite(data, "data", validate)
     eval_data = (
         data
@@ -409,17 +447,34 @@ def train(
     static = _Static(
         method, opts, tuple(graphdefs.items()), batch_size, chunk_size, mesh
     )
-    describe = _describe(method, opts, data, batch_size, num_steps)
+    describe = _describe(method, opts, data, batch_size, num_steps, key)
 
     history = History({}, np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
     if resume and checkpoint is not None and Path(checkpoint).exists():
         state, saved_history, meta = ckpt.load(checkpoint, state)
-        if meta != describe:
-            raise ValueError(
-                f"checkpoint {checkpoint} belongs to another run: saved {meta}, "
-                f"this run {describe}"
+        same = lambda d: {k: v for k, v in d.items() if k != "num_steps"}
+        if not isinstance(meta, dict) or same(meta) != same(describe):
+            diff = sorted(
+                k
+                for k in set(describe) | set(meta if isinstance(meta, dict) else {})
+                if k != "num_steps"
+                and (meta.get(k) if isinstance(meta, dict) else None) != describe.get(k)
             )
-        history = _history_from_dict(saved_history)
+            raise ValueError(
+                f"checkpoint {checkpoint} belongs to another run (differs in "
+                f"{', '.join(diff)}): saved {meta}, this run {describe}"
+            )
+        if int(state.step) > num_steps:
+            raise ValueError(
+                f"checkpoint {checkpoint} already holds {int(state.step)} steps, "
+                f"more than num_steps={num_steps}"
+            )
+        try:
+            history = _history_from_dict(saved_history)
+        except (KeyError, TypeError, AttributeError, ValueError) as err:
+            raise ValueError(
+                f"checkpoint {checkpoint} has a malformed history: {err}"
+            ) from err
 
     if eval_size:
         k_ref, k_eval = jax.random.split(k_eval)

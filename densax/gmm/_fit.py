@@ -37,6 +37,7 @@ class FitResult(NamedTuple):
     trace: jax.Array
 
 
+@_validate.public(optional_key=True)
 def fit(
     key: jax.Array,
     x: jax.Array,
@@ -100,9 +101,16 @@ def fit(
       tol: the convergence threshold on the change of the mean log-likelihood.
       reg_covar: non-negative value added to the covariances' diagonal.
       sample_weight: optional [n] non-negative sample weights: the fit
-        maximises ``sum_i w_i log p(x_i)``.
+        maximises ``sum_i w_i log p(x_i)``. Only their ratios matter: they
+        are rescaled to mean one first (so any scale, 1e-30 or 1e30, gives
+        the same fit).
       init_params: starting :class:`GaussianMixture` (with ``n_init=1``), e.g.
-        from :func:`init` with user-given weights, means or precisions.
+        from :func:`init` with user-given weights, means or precisions; or
+        the :class:`FitResult` of an earlier fit, a warm start (scikit-learn's
+        ``warm_start``): its model, and its ``log_likelihood`` as the value
+        the first iteration's is compared with, so that refits with
+        ``max_iter=1`` report ``converged`` once the change falls below
+        ``tol``. A bare model starts the comparison from ``-inf``.
       differentiation: ``"implicit"`` or ``"unroll"`` (see above).
       axis_name: inside ``shard_map``/``pmap`` over shards of ``x`` (and
         ``sample_weight``), the mapped axis: the sufficient statistics are
@@ -116,8 +124,13 @@ def fit(
       A :class:`FitResult`: parameters, final mean log-likelihood, number of
       iterations, convergence flag, per-iteration log-likelihoods.
 
+    Half-precision data (float16, bfloat16) are fitted in float32 and the
+    result returned in their dtype. ``reg_covar`` and ``tol`` may be traced
+    (e.g. to differentiate with respect to ``reg_covar``); eagerly they must
+    be finite and non-negative.
+
     Raises:
-      ValueError: unknown option, bad shapes, ``n < n_components``,
+      ValueError: unknown option, bad shapes, ``n < n_components``, no feature,
         ``init_params`` of another K, d or covariance type, ``n_init > 1``
         with ``init_params``; eagerly, non-finite ``x`` or invalid weights.
       TypeError: a non-integer ``n_components``, ``n_init`` or ``max_iter``.
@@ -129,7 +142,9 @@ def fit(
       >>> res.model.means.shape, bool(res.converged), int(res.n_iter) > 1
       ((2, 2), True, True)
     """
-    x, w, k = _check_data(x, n_components, sample_weight, validate)
+    if init_params is None:
+        _validate.check_key(key)  # unused (may be None) with init_params
+    x, w, k = _check_data(x, n_components, sample_weight, validate, min_samples=-1)
     _validate.check_choice(covariance_type, "covariance_type", COVARIANCE_TYPES)
     _validate.check_choice(init, "init", INIT_METHODS)
     n_init = _validate.check_int(n_init, "n_init", minimum=1)
@@ -137,6 +152,12 @@ def fit(
     tol = _check_nonnegative(tol, "tol", x.dtype)
     reg_covar = _check_nonnegative(reg_covar, "reg_covar", x.dtype)
     _validate.check_choice(differentiation, "differentiation", DIFFERENTIATION)
+    ll0 = jnp.asarray(-jnp.inf, x.dtype)
+    if isinstance(init_params, FitResult):  # a warm start: its log-likelihood too
+        ll0 = _validate.as_float(
+            init_params.log_likelihood, "init_params.log_likelihood", ndim=0
+        ).astype(x.dtype)
+        init_params = init_params.model
     if init_params is not None:
         if n_init != 1:
             raise ValueError("n_init must be 1 when init_params is given")
@@ -158,6 +179,7 @@ def fit(
         x,
         w,
         init_params,
+        ll0,
         tol,
         reg_covar,
         n_components=k,
@@ -182,14 +204,16 @@ def fit(
         "differentiation",
     ),
 )
-def _fit(key, x, w, init_params, tol, reg_covar, *, differentiation, **static):
+def _fit(key, x, w, init_params, ll0, tol, reg_covar, *, differentiation, **static):
     """:func:`_fit_one`, with its static options, batched by ``vmap`` or a loop."""
     unroll = differentiation == "unroll"
+    # Only the weights' ratios matter: mean one, so that the floor is relative.
+    w = _validate.normalize_weights(w, static["axis_name"])
     one = _sequential_on_cpu(functools.partial(_fit_one, unroll=unroll, **static))
     if unroll:
-        return one(key, x, w, init_params, tol, reg_covar)
+        return one(key, x, w, init_params, ll0, tol, reg_covar)
     # The engine runs on constants; the derivatives come from the fixed point.
-    args = jax.lax.stop_gradient((x, w, init_params, tol, reg_covar))
+    args = jax.lax.stop_gradient((x, w, init_params, ll0, tol, reg_covar))
     result = one(key, *args)
     model = at_fixed_point(result.model, x, w, reg_covar, static["axis_name"])
     return result._replace(model=model)
@@ -239,6 +263,7 @@ def _fit_one(
     x,
     w,
     init_params,
+    ll0,
     tol,
     reg_covar,
     *,
@@ -255,6 +280,7 @@ def _fit_one(
     run = functools.partial(
         _run_em,
         blocks,
+        ll0=ll0,
         tol=tol,
         reg_covar=reg_covar,
         max_iter=max_iter,
@@ -285,11 +311,13 @@ def _fit_one(
     return jax.tree.map(lambda a: a[best], results)
 
 
-def _run_em(blocks, params, *, tol, reg_covar, max_iter, axis_name, unroll):
+def _run_em(blocks, params, *, ll0, tol, reg_covar, max_iter, axis_name, unroll):
     """The EM loop on blocked features.
 
     A ``while_loop``, or with ``unroll`` a ``scan`` of ``max_iter`` steps
-    (reverse-differentiable) that skips the steps after the stop.
+    (reverse-differentiable) that skips the steps after the stop. ``ll0`` is
+    the log-likelihood the first iteration's is compared with (-inf, or a warm
+    start's).
     """
     dtype = blocks.w.dtype
 
@@ -306,9 +334,10 @@ def _run_em(blocks, params, *, tol, reg_covar, max_iter, axis_name, unroll):
     state = (
         jnp.zeros((), jnp.int32),
         params,
-        jnp.asarray(-jnp.inf, dtype),
+        jnp.asarray(ll0, dtype),
         jnp.zeros((), bool),
-        jnp.full((max_iter,), jnp.nan, dtype),
+        # One slot at least: the loop body is traced even when max_iter = 0.
+        jnp.full((max(max_iter, 1),), jnp.nan, dtype),
     )
     if unroll:
 
@@ -319,4 +348,6 @@ def _run_em(blocks, params, *, tol, reg_covar, max_iter, axis_name, unroll):
     else:
         state = jax.lax.while_loop(cond, body, state)
     n_iter, params, ll, converged, trace = state
-    return FitResult(params, ll, n_iter, converged & jnp.isfinite(ll), trace)
+    ll = jnp.where(n_iter > 0, ll, -jnp.inf)  # max_iter = 0: no E-step ran
+    converged = converged & jnp.isfinite(ll)
+    return FitResult(params, ll, n_iter, converged, trace[:max_iter])

@@ -19,6 +19,7 @@ from densax.gmm._model import (
     GaussianMixture,
     _check_data,
     _check_nonnegative,
+    _check_values,
     _cov_shape,
     _from_precisions,
     from_precisions,
@@ -30,6 +31,7 @@ INIT_METHODS = ("kmeans", "kmeans++", "random", "random_from_data")
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
+@_validate.public
 def init(
     key: jax.Array,
     x: jax.Array,
@@ -91,7 +93,10 @@ def init(
 
     Raises:
       ValueError: unknown option, bad shapes, ``n < n_components``; eagerly,
-        non-finite ``x`` or invalid weights.
+        non-finite ``x``, invalid weights, or ``precisions`` that are not
+        symmetric positive definite (under a transformation these give NaN
+        precision factors, and :func:`fit` then stops with
+        ``converged=False``).
 
     Example:
       >>> import jax
@@ -100,7 +105,7 @@ def init(
       >>> p.means.shape, p.covariances.shape
       ((2, 2), (2, 2, 2))
     """
-    x, w, k = _check_data(x, n_components, sample_weight, validate)
+    x, w, k = _check_data(x, n_components, sample_weight, validate, min_samples=-1)
     _validate.check_choice(covariance_type, "covariance_type", COVARIANCE_TYPES)
     _validate.check_choice(method, "method", INIT_METHODS)
     reg_covar = _check_nonnegative(reg_covar, "reg_covar", x.dtype)
@@ -122,6 +127,15 @@ def init(
                     f"{name} must have shape {shapes[name]}, got {given[name].shape}"
                 )
             _validate.check_finite(given[name], name, validate)
+    if given["precisions"] is not None:  # scikit-learn's check too
+        _check_values(
+            jnp.ones(1, x.dtype),
+            jnp.zeros((1, 1), x.dtype),
+            given["precisions"],
+            covariance_type,
+            "precisions",
+            validate,
+        )
     if given["mixture_weights"] is not None:
         given["mixture_weights"] = _validate.check_weights(
             given["mixture_weights"],
@@ -139,6 +153,7 @@ def init(
             covariance_type,
             validate=validate,
         )
+    w = _validate.normalize_weights(w, axis_name)  # only the ratios matter
     blocks = _blocks_for(x, w, k, covariance_type, axis_name)
     params = _init(
         key,

@@ -74,6 +74,7 @@ class GaussianMixture:
 # ---------------------------------------------------------------- constructors
 
 
+@_validate.public
 def from_covariances(
     weights: jax.Array,
     means: jax.Array,
@@ -90,15 +91,20 @@ def from_covariances(
       covariances: full [K, d, d], tied [d, d], diag [K, d] or spherical [K];
         positive definite.
       covariance_type: one of :data:`COVARIANCE_TYPES`.
-      validate: eagerly check that the covariances are positive definite.
+      validate: eagerly check the values: weights non-negative and summing to
+        one (to 1e-3), finite means, covariances symmetric positive
+        definite. Under a transformation they are not checked: negative or
+        unnormalised weights give wrong (NaN or shifted) log-densities, and a
+        covariance that is not positive definite NaN precision factors.
 
     Returns:
       The parameters, with ``precisions_cholesky`` computed by Cholesky
       factorisation and a triangular solve.
 
     Raises:
-      ValueError: unknown ``covariance_type``, inconsistent shapes; eagerly, a
-        covariance that is not positive definite.
+      ValueError: unknown ``covariance_type``, inconsistent shapes; eagerly,
+        invalid weights, non-finite means, a covariance that is not symmetric
+        positive definite.
 
     Example:
       >>> import jax.numpy as jnp
@@ -110,6 +116,7 @@ def from_covariances(
     weights, means, covariances = _check_parts(
         weights, means, covariances, covariance_type, "covariances"
     )
+    _check_values(weights, means, covariances, covariance_type, "covariances", validate)
     prec_chol = _precision_cholesky(covariances, covariance_type)
     _validate.value_check(
         validate,
@@ -119,6 +126,7 @@ def from_covariances(
     return GaussianMixture(weights, means, covariances, prec_chol, covariance_type)
 
 
+@_validate.public
 def from_precisions(
     weights: jax.Array,
     means: jax.Array,
@@ -135,7 +143,9 @@ def from_precisions(
       precisions: inverse covariances, full [K, d, d], tied [d, d], diag [K, d]
         or spherical [K]; positive definite.
       covariance_type: one of :data:`COVARIANCE_TYPES`.
-      validate: eagerly check that the precisions are positive definite.
+      validate: eagerly check the values, as :func:`from_covariances` does
+        (precisions symmetric positive definite: a zero precision, an
+        infinite variance, is rejected).
 
     Returns:
       The parameters. ``precisions_cholesky`` is the upper-triangular ``U``
@@ -143,8 +153,9 @@ def from_precisions(
       matrix, as scikit-learn does), the covariances ``U^-T U^-1``.
 
     Raises:
-      ValueError: unknown ``covariance_type``, inconsistent shapes; eagerly, a
-        precision that is not positive definite.
+      ValueError: unknown ``covariance_type``, inconsistent shapes; eagerly,
+        invalid weights, non-finite means, a precision that is not symmetric
+        positive definite.
 
     Example:
       >>> import jax.numpy as jnp
@@ -156,6 +167,7 @@ def from_precisions(
     weights, means, precisions = _check_parts(
         weights, means, precisions, covariance_type, "precisions"
     )
+    _check_values(weights, means, precisions, covariance_type, "precisions", validate)
     prec_chol, covariances = _from_precisions(precisions, covariance_type)
     _validate.value_check(
         validate,
@@ -197,6 +209,7 @@ def _inverse_transpose(chol):
 # ----------------------------------------------------- evaluation functions
 
 
+@_validate.public
 def log_prob(
     model: GaussianMixture, x: jax.Array, *, validate: bool = True
 ) -> jax.Array:
@@ -225,6 +238,7 @@ def log_prob(
     return _log_prob(params, x)
 
 
+@_validate.public
 def predict_proba(
     model: GaussianMixture, x: jax.Array, *, validate: bool = True
 ) -> jax.Array:
@@ -241,6 +255,7 @@ def predict_proba(
     return _predict_proba(params, x)
 
 
+@_validate.public
 def predict(
     model: GaussianMixture, x: jax.Array, *, validate: bool = True
 ) -> jax.Array:
@@ -294,6 +309,7 @@ def _predict(params, x):
     return jnp.argmax(_component_log_prob(params, x), axis=1).astype(jnp.int32)
 
 
+@_validate.public
 def sample(key: jax.Array, model: GaussianMixture, n: int) -> jax.Array:
     """Draws ``n`` samples from the mixture (the labels: :func:`sample_with_labels`).
 
@@ -315,6 +331,7 @@ def sample(key: jax.Array, model: GaussianMixture, n: int) -> jax.Array:
     return sample_with_labels(key, model, n)[0]
 
 
+@_validate.public
 def sample_with_labels(
     key: jax.Array, model: GaussianMixture, n: int
 ) -> tuple[jax.Array, jax.Array]:
@@ -361,6 +378,7 @@ def _sample(key, params, *, n):
     return params.means[labels] + y, labels.astype(jnp.int32)
 
 
+@_validate.public
 def bic(
     model: GaussianMixture,
     x: jax.Array,
@@ -387,6 +405,7 @@ def bic(
     return -2 * log_lik + _n_parameters(params) * jnp.log(n)
 
 
+@_validate.public
 def aic(
     model: GaussianMixture,
     x: jax.Array,
@@ -440,19 +459,24 @@ def _cov_shape(covariance_type, k, d):
 
 
 def _check_nonnegative(value, name, dtype):
-    if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(
-        value, bool
-    ):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    if not value >= 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return jnp.asarray(value, dtype)
+    """A non-negative real option (a traced value is accepted unchecked)."""
+    return _validate.check_scalar(value, name, dtype, minimum=0)
 
 
-def _check_data(x, n_components, sample_weight, validate):
-    """Checks and converts the data [n, d], the sample weights [n] and K."""
+def _check_data(x, n_components, sample_weight, validate, *, min_samples=0):
+    """Checks and converts the data [n, d], the sample weights [n] and K.
+
+    ``min_samples``: the fewest samples allowed (``n_components`` when -1).
+    """
     x = _validate.as_float(x, "x", ndim=2)
     k = _validate.check_int(n_components, "n_components", minimum=1)
+    if x.shape[1] == 0:
+        raise ValueError(f"x must have at least one feature, got shape {x.shape}")
+    if min_samples == -1 and x.shape[0] < k:
+        raise ValueError(
+            f"x must have at least n_components={k} samples, got shape {x.shape}"
+        )
+    _validate.check_nonempty(x, "x", minimum=max(min_samples, 0))
     _validate.check_finite(x, "x", validate)
     if sample_weight is None:
         w = jnp.ones(x.shape[0], x.dtype)
@@ -465,6 +489,35 @@ def _check_data(x, n_components, sample_weight, validate):
             validate=validate,
         )
     return x, w, k
+
+
+def _check_values(weights, means, matrices, covariance_type, name, validate):
+    """Eager value checks of mixture parameters (a no-op under tracing).
+
+    ``weights`` non-negative and summing to one (to 1e-3), ``means``
+    finite, ``matrices`` (covariances or precisions, named ``name``) finite
+    and positive definite: symmetric with a Cholesky factor (full/tied),
+    positive (diag/spherical).
+    """
+    if not (validate and _validate.is_concrete(weights, means, matrices)):
+        return
+    prefix = name.rpartition(".")[0]
+    w_name = f"{prefix}.weights" if prefix else "weights"
+    m_name = f"{prefix}.means" if prefix else "means"
+    _validate.check_weights(
+        weights, w_name, weights.shape, dtype=weights.dtype, validate=True
+    )
+    _validate.check_sums_to_one(np.sum(np.asarray(weights, np.float64)), w_name)
+    _validate.check_finite(means, m_name, True)
+    if covariance_type == "skip":
+        return
+    if covariance_type in ("full", "tied"):
+        _validate.check_positive_definite(matrices, name, True)
+    else:
+        _validate.check_finite(matrices, name, True)
+        _validate.value_check(
+            True, jnp.all(matrices > 0), f"{name} must be positive definite (> 0)"
+        )
 
 
 def _check_parts(weights, means, cov, covariance_type, cov_name):
@@ -512,6 +565,8 @@ def _check_params(params, d, dtype, validate, name="model"):
             f"{name} is for {means.shape[1]} features but x has {d} (its last axis)"
         )
     _validate.check_finite(prec_chol, f"{name}.precisions_cholesky", validate)
+    if validate and _validate.is_concrete(weights, means):
+        _check_values(weights, means, None, "skip", f"{name}.covariances", True)
     return GaussianMixture(
         weights.astype(dtype), means.astype(dtype), cov.astype(dtype), prec_chol, ct
     )

@@ -34,6 +34,7 @@ __all__ = ["e_step", "em_step", "m_step"]
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
+@_validate.public
 def e_step(
     params: GaussianMixture,
     x: jax.Array,
@@ -79,6 +80,7 @@ def _e_step(params, x, w, *, axis_name):
     return log_prob - log_norm[:, None], total / mass
 
 
+@_validate.public
 def m_step(
     x: jax.Array,
     log_resp: jax.Array,
@@ -91,7 +93,8 @@ def m_step(
 ) -> GaussianMixture:
     """The M-step: the closed-form parameters given log-responsibilities.
 
-    ``nk = sum_i w_i r_ik + 10 eps``, ``mean_k = sum_i w_i r_ik x_i / nk``,
+    ``nk = sum_i w_i r_ik + 10 eps`` (the weights rescaled to mean one
+    first: the floor is relative), ``mean_k = sum_i w_i r_ik x_i / nk``,
     covariances are the responsibility-weighted second moments about the new
     means plus ``reg_covar`` on the diagonal (tied: pooled over components;
     diag: per feature; spherical: averaged over features), weights
@@ -124,7 +127,7 @@ def m_step(
       >>> p.means[:, 0].round(4).tolist(), p.covariances[:, 0].round(4).tolist()
       ([1.0, 11.0], [1.0, 1.0])
     """
-    x, w, _ = _check_data(x, 1, sample_weight, validate)
+    x, w, _ = _check_data(x, 1, sample_weight, validate, min_samples=1)
     _validate.check_choice(covariance_type, "covariance_type", COVARIANCE_TYPES)
     log_resp = _validate.as_float(log_resp, "log_resp", ndim=2, dtype=x.dtype)
     if log_resp.shape[0] != x.shape[0]:
@@ -145,9 +148,14 @@ def m_step(
 
 @functools.partial(jax.jit, static_argnames=("covariance_type", "axis_name"))
 def _m_step(x, resp, w, reg_covar, *, covariance_type, axis_name):
-    """The direct M-step from responsibilities [n, K]."""
+    """The direct M-step from responsibilities [n, K].
+
+    The weights are rescaled to mean one first, so that the ``10 eps`` floor
+    of the counts is relative to their scale (only their ratios matter).
+    """
     d = x.shape[1]
     eps = jnp.finfo(x.dtype).eps
+    w = _validate.normalize_weights(w, axis_name)
     rw = resp * w[:, None]  # [n, K]
     nk = _psum(jnp.sum(rw, axis=0), axis_name) + 10 * eps
     sums = _psum(jnp.matmul(rw.T, x, precision=_HIGHEST), axis_name)
@@ -189,6 +197,7 @@ def _rescued_cholesky(cov, jitter):
     return cov, _inverse_transpose(jnp.linalg.cholesky(cov))
 
 
+@_validate.public
 def em_step(
     params: GaussianMixture,
     x: jax.Array,
