@@ -107,8 +107,7 @@ import numpy as np
 from jax import lax
 
 from densax import _parallel
-from densax._kde_core import _log_kernel_integral
-from densax.kde import KERNELS
+from densax._kde_core import KERNELS, _log_kernel_integral
 
 __all__ = [
     "bin_data",

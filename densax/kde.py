@@ -63,7 +63,9 @@ import numpy as np
 import optax
 from jax import lax
 
+from densax import _kde_grid
 from densax._kde_core import (
+    KERNELS,
     _combine_shards,
     _kernel_logsumexp,
     _kernel_variance,
@@ -82,10 +84,15 @@ from densax._validate import (
 )
 
 __all__ = [
+    "DEFAULT_GRID_SIZE",
     "KDE",
     "KERNELS",
+    "METHODS",
     "FitResult",
+    "Grid",
     "fit",
+    "grid_log_prob",
+    "interpolate",
     "log_prob",
     "loo_log_likelihood",
     "sample",
@@ -93,8 +100,14 @@ __all__ = [
     "silverman",
 ]
 
-KERNELS = ("gaussian", "tophat", "epanechnikov", "exponential", "linear", "cosine")
 _RULES = ("scott", "silverman")
+# How log_prob evaluates: the grid where it is accurate and cheaper, exact
+# sums, or the binned grid (d <= 3).
+METHODS = ("auto", "exact", "binned")
+Grid = _kde_grid.Grid
+grid_log_prob = _kde_grid.grid_log_prob
+interpolate = _kde_grid.interpolate
+DEFAULT_GRID_SIZE = _kde_grid.DEFAULT_GRID_SIZE
 _HIGHEST = lax.Precision.HIGHEST
 # Bytes of one [block, n] score block: a few MB, the fastest size on CPU in
 # float32 and float64 (the measurement is in docs/benchmarks_notes.md).
@@ -774,22 +787,49 @@ def log_prob(
     model: KDE,
     x: Any,
     *,
+    method: str = "auto",
+    grid_size: Any = None,
+    rtol: float = 1e-3,
     block_size: int | None = None,
     axis_name: str | None = None,
     validate: bool = True,
 ) -> jax.Array:
     """Log-density of the queries ``x`` under the KDE ``model``.
 
-    Exact and in log space (a logsumexp over all data points, blocked over
-    queries). Compact kernels give ``-inf`` where no point is within one
-    bandwidth; a NaN query gives NaN for that query only. Under a
-    transformation (no eager value checks), a non-positive scalar bandwidth or
-    a non-positive-definite ``H`` gives NaN everywhere. Differentiable w.r.t.
-    ``x`` and every leaf of ``model`` (data, weights, bandwidth).
+    ``method="exact"``: exact and in log space (a logsumexp over all data
+    points, blocked over queries). Compact kernels give ``-inf`` where no
+    point is within one bandwidth; a NaN query gives NaN for that query only.
+    Under a transformation (no eager value checks), a non-positive scalar
+    bandwidth or a non-positive-definite ``H`` gives NaN everywhere.
+    Differentiable w.r.t. ``x`` and every leaf of ``model`` (data, weights,
+    bandwidth).
+
+    ``method="binned"`` (``d <= 3``): :func:`grid_log_prob` on a grid of
+    ``grid_size`` nodes per axis, then :func:`interpolate` at ``x``
+    (``O(n 2^d + P log P + m 2^d)`` instead of ``O(n m)``); absolute density
+    error at most the grid's ``interp_error_bound``, ``-inf`` outside the
+    grid or below the FFT's round-off. Differentiable w.r.t. the bandwidth,
+    the weights, and (piecewise linearly) the data and queries; ``jit``- and
+    ``vmap``-able. To evaluate one grid many times, call those two yourself.
+
+    ``method="auto"`` (default): the binned path where
+    :mod:`densax._binned`'s rule accepts the grid of ``grid_size`` (``d <=
+    3``, interpolation error bound at most ``rtol`` times the kernel's peak
+    height, and less work than the exact sums: large ``n m``), with the exact
+    sums for every query where the grid's density is 0 (outside the grid, far
+    tails); the exact path otherwise. The rule needs the bandwidth's value: on
+    traced inputs (under ``jit``, ``vmap``, ``grad``, ``shard_map``) ``"auto"``
+    is ``"exact"``; pass ``method="binned"`` to trace the grid path.
 
     Args:
       model: a :class:`KDE` from :func:`fit`.
       x: [m, d] queries, or one [d] query.
+      method: one of :data:`METHODS`: ``"auto"``, ``"exact"`` or
+        ``"binned"``.
+      grid_size: ``"binned"``/``"auto"``: nodes per axis (an int or d
+        ints); default :data:`DEFAULT_GRID_SIZE`.
+      rtol: ``"auto"``: the largest accepted error bound of the grid,
+        relative to the kernel's peak height ``q_H(0)``.
       block_size: queries per block (peak memory ~ ``block_size * n``
         elements); by default a block is about 4 MB.
       axis_name: with the model's data sharded over this mapped axis
@@ -813,8 +853,15 @@ def log_prob(
       -2.03 True
       >>> log_prob(fit(data, kernel="epanechnikov"), q).shape
       (2,)
+      >>> big = jax.random.normal(jax.random.key(1), (200_000, 1))
+      >>> q1 = jnp.array([[0.0], [40.0]])
+      >>> binned = log_prob(fit(big, bandwidth=0.05), q1, method="binned")
+      >>> auto = log_prob(fit(big, bandwidth=0.05), jnp.zeros((1000, 1)))
+      >>> print(f"{binned[0]:.3f}", float(binned[1]), f"{auto[0]:.3f}")
+      -0.904 -inf -0.904
     """
     model = _check_model(model)
+    check_choice(method, "method", METHODS)
     dtype = common_float_dtype(x, model.data)
     x = as_float(x, "x", ndim=(1, 2), dtype=dtype)
     check_same_last_dim(x, model.data, "x", "model.data")
@@ -822,8 +869,21 @@ def log_prob(
     model = jax.tree.map(lambda a: a.astype(dtype), model)
     single = x.ndim == 1
     queries = x[None] if single else x
-    n = model.data.shape[0]
-    block = _block_size(block_size, queries.shape[0], n, dtype.itemsize)
+    n, m = model.data.shape[0], queries.shape[0]
+    if method == "binned":
+        out = _kde_grid.binned_log_prob(model, queries, grid_size, axis_name)
+        return out[0] if single else out
+    if method == "auto" and _kde_grid.auto_uses_grid(model, m, grid_size, rtol):
+        out = _kde_grid.binned_log_prob(model, queries, grid_size, axis_name)
+        # The exact sums where the grid resolves nothing (outside it, far tails).
+        missing = np.flatnonzero(~np.isfinite(np.asarray(out)))
+        if missing.size:
+            rest = queries[missing]
+            block = _block_size(block_size, rest.shape[0], n, dtype.itemsize)
+            exact = _log_prob(rest, model, block_size=block, axis_name=None)
+            out = out.at[missing].set(exact)
+        return out[0] if single else out
+    block = _block_size(block_size, m, n, dtype.itemsize)
     out = _log_prob(queries, model, block_size=block, axis_name=axis_name)
     return out[0] if single else out
 
