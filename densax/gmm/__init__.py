@@ -15,7 +15,9 @@ data-parallel EM (``axis_name``) come with every estimation step.
 The package: ``_model.py`` (the pytree, constructors, evaluation),
 ``_steps.py`` (the textbook steps), ``_init.py`` and ``_kmeans.py`` (the
 initialisations), ``_engine.py`` (the fast EM iteration of :func:`fit`),
-``_fit.py`` (the loop, restarts, the CPU-only ``vmap`` rule
+``_stream.py`` (EM on a stream of chunks: :func:`fit_stream`, one pass
+per iteration with the engine's statistics and M-step, and online EM,
+:func:`fit_online`), ``_fit.py`` (the loop, restarts, the CPU-only ``vmap`` rule
 ``_sequential_on_cpu``: the one platform-dependent seam), ``_implicit.py``
 (derivatives at the fixed point).
 
@@ -103,6 +105,7 @@ from densax.gmm._model import (
     sample_with_labels,
 )
 from densax.gmm._steps import e_step, em_step, m_step
+from densax.gmm._stream import fit_online, fit_stream
 
 __all__ = [
     "COVARIANCE_TYPES",
@@ -115,6 +118,8 @@ __all__ = [
     "e_step",
     "em_step",
     "fit",
+    "fit_online",
+    "fit_stream",
     "from_covariances",
     "from_precisions",
     "init",
