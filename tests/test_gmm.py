@@ -138,6 +138,24 @@ def test_fit_matches_sklearn(covariance_type, dtype):
     _assert_close(res.trace, sk.lower_bounds_, rtol)
     _assert_close(res.log_likelihood, sk.lower_bound_, rtol)
     assert int(res.n_iter) == MAX_ITER and not bool(res.converged)
+    # EM on a stream of chunks (the last one ragged): the same iteration. In
+    # float64 equal to gmm.fit to rounding (other coordinates: one cell);
+    # in float32, as close to scikit-learn as gmm.fit is.
+    chunks = [x[i : i + 64] for i in range(0, N, 64)]
+    streamed = gmm.fit_stream(
+        None,
+        chunks,
+        K,
+        covariance_type=covariance_type,
+        init_params=p0,
+        max_iter=MAX_ITER,
+        tol=0.0,
+    )
+    if dtype == np.float64:
+        _assert_close(streamed.trace, res.trace, 1e-12)
+        _assert_trees_close(streamed.model, res.model, 1e-9, 1e-12)
+    _assert_close(streamed.trace, sk.lower_bounds_, rtol)
+    _assert_trees_close(streamed.model, res.model, ptol, ptol)
     trace = np.asarray(res.trace, np.float64)
     slack = 1e-12 if dtype == np.float64 else 16 * np.finfo(dtype).eps
     assert np.all(np.diff(trace) >= -slack * np.abs(trace[1:]))
