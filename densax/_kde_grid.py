@@ -169,6 +169,8 @@ def grid_log_prob(
       0.38
     """
     model = _check_model(model)
+    # One dtype, strongly typed (as kde.log_prob does): one compilation.
+    model = jax.tree.map(lambda a: jnp.asarray(a).astype(model.data.dtype), model)
     data = model.data
     d = data.shape[1]
     _check_dim(d, "grid_log_prob")
@@ -245,27 +247,31 @@ def binned_log_prob(model, x, grid_size, axis_name):
     return interpolate(grid_log_prob(model, grid_size, axis_name=axis_name), x)
 
 
+@functools.partial(jax.jit, static_argnames=("shape", "kernel"))
+def _relative_bound(data, w, bandwidth, *, shape, kernel):
+    """:func:`densax._binned.relative_error_bound` on the automatic grid."""
+    lower, upper = _binned.grid_bounds(data, bandwidth, kernel, w)
+    return _binned.relative_error_bound(kernel, bandwidth, lower, upper, shape)
+
+
 def auto_uses_grid(model, n_query, grid_size, rtol):
-    """``method="auto"``: :func:`densax._binned.use_grid` on concrete inputs.
+    """``method="auto"``: :func:`densax._binned.use_grid`'s rule, concrete inputs.
 
     False under a transformation (the rule needs the bandwidth's value), for
-    ``d > 3``, and where the grid's interpolation bound exceeds ``rtol`` times
-    the kernel's peak or the exact sums are cheaper.
+    ``d > 3``, where the exact sums are cheaper, and where the grid's
+    interpolation bound exceeds ``rtol`` times the kernel's peak.
     """
-    d = model.data.shape[1]
+    n, d = model.data.shape
     if d > MAX_DIM or not is_concrete(model):
         return False
     shape = _grid_shape(grid_size, d)
-    lower, upper = _binned.grid_bounds(
-        model.data, model.bandwidth, model.kernel, model.sample_weight
-    )
-    return _binned.use_grid(
-        model.kernel,
+    if not _binned.grid_is_cheaper(shape, n, n_query):
+        return False
+    bound = _relative_bound(
+        model.data,
+        model.sample_weight,
         model.bandwidth,
-        lower,
-        upper,
-        shape,
-        model.data.shape[0],
-        n_query,
-        rtol,
+        shape=shape,
+        kernel=model.kernel,
     )
+    return bool(bound <= rtol)

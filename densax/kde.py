@@ -878,10 +878,11 @@ def log_prob(
         # The exact sums where the grid resolves nothing (outside it, far tails).
         missing = np.flatnonzero(~np.isfinite(np.asarray(out)))
         if missing.size:
-            rest = queries[missing]
+            # Padded to a power of two (repeating queries): few compilations.
+            rest = queries[np.resize(missing, 1 << (missing.size - 1).bit_length())]
             block = _block_size(block_size, rest.shape[0], n, dtype.itemsize)
             exact = _log_prob(rest, model, block_size=block, axis_name=None)
-            out = out.at[missing].set(exact)
+            out = out.at[missing].set(exact[: missing.size])
         return out[0] if single else out
     block = _block_size(block_size, m, n, dtype.itemsize)
     out = _log_prob(queries, model, block_size=block, axis_name=axis_name)
