@@ -7,8 +7,9 @@ functions over a :class:`GaussianMixture` pytree (a density model of
 :func:`e_step` / :func:`m_step` / :func:`em_step`, :func:`fit` (the whole loop
 in one ``lax.while_loop`` of a fast engine, ``n_init`` restarts in parallel
 under ``vmap``, reverse-mode derivatives by implicit differentiation at the
-fixed point), :func:`log_prob` (scikit-learn's ``score_samples``),
-:func:`predict_proba`, :func:`predict`, :func:`sample`,
+fixed point), :func:`fit_stream` and :func:`fit_online` (EM on data read chunk
+by chunk, never in memory at once), :func:`log_prob` (scikit-learn's
+``score_samples``), :func:`predict_proba`, :func:`predict`, :func:`sample`,
 :func:`sample_with_labels`, :func:`bic`, :func:`aic`. Per-sample weights and
 data-parallel EM (``axis_name``) come with every estimation step.
 
