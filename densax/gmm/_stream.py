@@ -170,8 +170,12 @@ def _m_step(stats, frame, reg_covar, *, covariance_type):
 
 @jax.jit
 def _online_update(running, stats, mass, gamma):
-    """Stochastic approximation of the statistics per unit weight (Cappé-Moulines)."""
-    return (1 - gamma) * running + gamma * stats / mass
+    """Stochastic approximation of the statistics per unit weight (Cappé-Moulines).
+
+    A chunk of zero total weight leaves them unchanged.
+    """
+    new = (1 - gamma) * running + gamma * stats / jnp.where(mass > 0, mass, 1)
+    return jnp.where(mass > 0, new, running)
 
 
 # ------------------------------------------------------------- set-up
@@ -277,7 +281,8 @@ def fit_stream(
     result carries no derivatives (use :func:`densax.gmm.fit` for those).
 
     Args:
-      key: a PRNG key (initialisation; unused with ``init_params``).
+      key: a PRNG key (initialisation; unused with ``init_params``, then it
+        may be ``None``).
       chunks: the data, one of: a re-iterable (list, tuple, or an object whose
         ``__iter__`` starts over) of [n_c, d] arrays or ``(x, sample_weight)``
         pairs; a function ``chunks(i)`` of the chunk index returning either,
@@ -341,6 +346,8 @@ def fit_stream(
             for x, w in _pieces(chunk, rows, d, dtype, check):
                 step = _chunk_statistics(x, w, params, frame)
                 sums = step if sums is None else _add(sums, step)
+        if sums is None:
+            raise ValueError("chunks holds no rows")
         stats, total, mass = sums
         params = _m_step(stats, frame, reg_covar, covariance_type=covariance_type)
         ll_prev, ll = ll, float(total / mass)
@@ -449,7 +456,7 @@ def fit_online(
             stats, total, mass = _chunk_statistics(x, w, params, frame)
             t = len(trace)
             gamma = 1.0 if running is None else (t + t0) ** -alpha
-            running = stats / mass if running is None else running
+            running = jnp.zeros_like(stats) if running is None else running
             running = _online_update(running, stats, mass, jnp.asarray(gamma, dtype))
             params = _m_step(running, frame, reg_covar, covariance_type=covariance_type)
             trace.append(total / mass)
