@@ -30,9 +30,18 @@ scikit-learn's closed form is wrong (its 2D cosine KDE integrates to 0.363,
 its 4D one is NaN); densax integrates ``r^(d-1) cos(pi r / 2)`` exactly.
 Compact kernels give ``-inf`` outside their support (the open unit ball).
 
-Everything is exact (no tree, grid or cut-off) and in log space: a query 1000
-bandwidths away from every point has a finite log-density for the gaussian and
-exponential kernels, in float32 and float64. Queries are processed in blocks of
+The exact path (``log_prob(..., method="exact")``, :func:`loo_log_likelihood`,
+:func:`sample`) has no tree, grid or cut-off and works in log space: a query
+1000 bandwidths away from every point has a finite log-density for the
+gaussian and exponential kernels, in float32 and float64. In ``d <= 3`` the
+binned path (:func:`grid_log_prob`, :func:`interpolate`, ``method="binned"``;
+:mod:`densax._kde_grid` over the engine :mod:`densax._binned`) bins the data
+linearly onto a regular grid and convolves by one FFT, with a documented error
+bound; :func:`log_prob`'s default ``method="auto"`` takes it on concrete
+inputs where that bound is small and the grid is cheaper, and the exact sums
+for every query the grid does not resolve.
+
+On the exact path, queries are processed in blocks of
 ``block_size`` rows (``lax.map``), so memory is ``O(block_size * n)``, never
 ``O(m * n)``; derivatives w.r.t. queries, data, bandwidth and weights come from
 a custom JVP whose per-block work is rematerialised (``jax.checkpoint``), so
@@ -51,6 +60,8 @@ References:
   Estimation for Statistics and Data Analysis*, Chapman & Hall (1986).
   Duin, "On the choice of smoothing parameters for Parzen estimators of
   probability density functions", IEEE Trans. Computers 25 (1976).
+  Wand, "Fast computation of multivariate kernel estimators", J. Comput.
+  Graph. Statist. 3 (1994).
 """
 
 import dataclasses
