@@ -21,9 +21,12 @@ start) to rounding. In float32 the expanded quadratic form loses about
 (the reason the in-memory engine uses cells): fit in float64 when components
 are narrow and far from the data's mean.
 
-Every chunk goes through one jitted step at one shape: chunks are padded with
-rows of weight zero to the first chunk's row count (larger chunks are cut into
-pieces of that size), so a ragged last chunk compiles nothing new.
+At most a few chunk steps are dispatched ahead of the device (JAX's
+dispatch is asynchronous), so that memory holds a few chunks whatever the
+number of rows. Every chunk goes through one jitted step at one shape:
+chunks are padded with rows of weight zero to the first chunk's row count
+(larger chunks are cut into pieces of that size), so a ragged last chunk
+compiles nothing new.
 
 References:
   Dempster, Laird and Rubin (1977), Maximum likelihood from incomplete data
@@ -32,6 +35,7 @@ References:
   latent data models, JRSS B 71(3).
 """
 
+import collections
 import functools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
@@ -56,6 +60,9 @@ from densax.gmm._model import (
 __all__ = ["fit_online", "fit_stream"]
 
 _HIGHEST = jax.lax.Precision.HIGHEST
+# Chunk steps dispatched ahead of the device at most: reading the next chunk
+# overlaps the last one's step, and memory stays a few chunks whatever n.
+_IN_FLIGHT = 2
 
 
 class _Frame(NamedTuple):
@@ -341,11 +348,14 @@ def fit_stream(
     ll, ll_prev, converged, n_iter = -np.inf, -np.inf, False, 0
     while n_iter < max_iter and not converged and (n_iter == 0 or np.isfinite(ll)):
         check = validate and n_iter == 0
-        sums = None
+        sums, pending = None, collections.deque()
         for chunk in source():
             for x, w in _pieces(chunk, rows, d, dtype, check):
                 step = _chunk_statistics(x, w, params, frame)
                 sums = step if sums is None else _add(sums, step)
+                pending.append(sums)
+                if len(pending) > _IN_FLIGHT:
+                    jax.block_until_ready(pending.popleft())
         if sums is None:
             raise ValueError("chunks holds no rows")
         stats, total, mass = sums
@@ -450,9 +460,12 @@ def fit_online(
         n_chunks,
         validate,
     )
-    running, trace = None, []
+    running, trace, pending = None, [], collections.deque()
     for chunk in source():
         for x, w in _pieces(chunk, rows, d, dtype, validate):
+            pending.append(running)
+            if len(pending) > _IN_FLIGHT:
+                jax.block_until_ready(pending.popleft())
             stats, total, mass = _chunk_statistics(x, w, params, frame)
             t = len(trace)
             gamma = 1.0 if running is None else (t + t0) ** -alpha
