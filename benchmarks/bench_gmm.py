@@ -13,8 +13,23 @@ batched case is a loop of jitted fits, as is scikit-learn's.
 Cases: n=100 000, d=16, K=16 full (float64, float32); n=1 000 000, d=8, K=8
 full (float64, float32); 64 independent fits of 50 000 x 15, K=8 full under
 ``vmap`` (float64, float32). ``--quick``: the same cases at small sizes.
+
+Streaming rows (``gmm_stream.json``; ``--stream-only`` runs just these):
+``gmm.fit_stream`` on 10^8 rows x d=8, K=8 full, float32, in chunks of 10^6
+rows generated on the fly by a jitted function of the chunk index (a PRNG
+key folded with it), 3 EM iterations (tol=0) from one start. Time per 10^6
+rows per EM iteration, for: the in-memory ``gmm.fit`` on 10^7 rows (the
+largest size run here; the baseline), the stream of 10^7 and of 10^8
+generated rows, the 10^8-row stream fed one cached chunk 100 times (EM alone,
+no generation), and the generation alone. The peak resident memory of the
+process (``resource.getrusage`` maxrss) after each stream, before the
+in-memory fit, shows that it does not grow with n. ``--quick``: 2 x 10^5
+rows in chunks of 5 x 10^4.
 """
 
+import resource
+import sys
+import time
 import warnings
 
 import jax
@@ -213,17 +228,113 @@ def run_case(name, n, d, k, batch, dtype, reference, args):
     return out
 
 
+def stream_generator(d, k, rows, seed=0):
+    """A jitted ``chunk(i) -> [rows, d]``: a Gaussian mixture, a key per index."""
+    rng = np.random.default_rng(seed)
+    cum_w = jnp.asarray(np.cumsum(rng.dirichlet(np.full(k, 5.0))), jnp.float32)
+    means = jnp.asarray(rng.normal(size=(k, d)) * 2.0 + 3.0, jnp.float32)
+    scales = jnp.asarray(rng.uniform(0.3, 1.5, (k, d)), jnp.float32)
+    key = jax.random.key(seed)
+
+    @jax.jit
+    def chunk(i):
+        k_label, k_noise = jax.random.split(jax.random.fold_in(key, i))
+        # One uniform per row (categorical would draw k Gumbels per row).
+        u = jax.random.uniform(k_label, (rows,), jnp.float32) * cum_w[-1]
+        labels = jnp.minimum(jnp.searchsorted(cum_w, u), k - 1)
+        noise = jax.random.normal(k_noise, (rows, d), jnp.float32)
+        return means[labels] + scales[labels] * noise
+
+    return chunk
+
+
+def maxrss_mb():
+    """The process's peak resident memory so far, in MiB (Linux: KiB units)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_stream(args):
+    """The streaming rows: fit_stream vs the in-memory fit, throughput and memory."""
+    d, k, n_iter = 8, 8, 3
+    if args.quick:
+        rows, n_big, n_mem = 50_000, 200_000, 100_000
+    else:
+        rows, n_big, n_mem = 1_000_000, 100_000_000, 10_000_000
+    chunk = stream_generator(d, k, rows)
+    params = gmm.init(jax.random.key(1), chunk(0), k)
+    opts = dict(init_params=params, max_iter=n_iter, tol=0.0)
+    # Compile every step once (two chunks, one iteration).
+    gmm.fit_stream(None, chunk, k, n_chunks=2, init_params=params, max_iter=1)
+    case = f"d={d} K={k} full, chunks of {rows}"
+    unit = "per 1e6 rows per EM iteration"
+    records, lls = [], {}
+
+    def row(impl, seconds, n, n_passes, **extra):
+        per = seconds / (n / 1e6) / n_passes
+        timing = {"time_s": per, "min_s": per, "repeat": 1}
+        rec = record(case, impl, "float32", timing, unit=unit, size=float(n), **extra)
+        records.append(rec)
+        print(f"{impl:44s} {per * 1e3:8.2f} ms {extra}")
+
+    def stream(n, source, label):
+        start = time.perf_counter()
+        res = gmm.fit_stream(None, source, k, n_chunks=n // rows, **opts)
+        jax.block_until_ready(res)
+        seconds = time.perf_counter() - start
+        lls[label] = float(res.log_likelihood)
+        row(label, seconds, n, n_iter, maxrss_mb=maxrss_mb(), n_rows=n)
+
+    stream(n_mem, chunk, f"fit_stream n={n_mem:.0e} generated")
+    stream(n_big, chunk, f"fit_stream n={n_big:.0e} generated")
+    cached = chunk(0)
+    stream(n_big, lambda i: cached, f"fit_stream n={n_big:.0e} one cached chunk")
+    start = time.perf_counter()
+    for i in range(n_big // rows):
+        last = chunk(i)
+    jax.block_until_ready(last)
+    row(
+        "generation alone",
+        time.perf_counter() - start,
+        n_big,
+        1,
+        note="one pass: included once per EM iteration in the generated rows",
+    )
+    # The in-memory fit on the same first n_mem rows, from the same start.
+    x = jnp.concatenate([chunk(i) for i in range(n_mem // rows)])
+    fit = jax.jit(
+        lambda x, p: gmm.fit(None, x, k, init_params=p, max_iter=n_iter, tol=0.0)
+    )
+    jax.block_until_ready(fit(x, params))  # compile
+    start = time.perf_counter()
+    res = jax.block_until_ready(fit(x, params))
+    seconds = time.perf_counter() - start
+    diff = abs(float(res.log_likelihood) - lls[f"fit_stream n={n_mem:.0e} generated"])
+    row(
+        "densax",
+        seconds,
+        n_mem,
+        n_iter,
+        maxrss_mb=maxrss_mb(),
+        n_rows=n_mem,
+        note=f"gmm.fit in memory; |ll - fit_stream's ll| = {diff:.1e}",
+    )
+    return records
+
+
 def main():
-    args = parse_args(__doc__)
+    stream_only = "--stream-only" in sys.argv
+    args = parse_args(__doc__, [a for a in sys.argv[1:] if a != "--stream-only"])
     threads = limit_peer_threads()
     print("peer threads:", threads)
     print("jax devices:", jax.devices())
-    reference = {}
-    records = []
-    for name, n, d, k, batch in QUICK if args.quick else FULL:
-        for dtype in (np.float64, np.float32):  # float64 first: the reference
-            records += run_case(name, n, d, k, batch, dtype, reference, args)
-    write_results("gmm", records, args, threads)
+    if not stream_only:
+        reference = {}
+        records = []
+        for name, n, d, k, batch in QUICK if args.quick else FULL:
+            for dtype in (np.float64, np.float32):  # float64 first: the reference
+                records += run_case(name, n, d, k, batch, dtype, reference, args)
+        write_results("gmm", records, args, threads)
+    write_results("gmm_stream", run_stream(args), args, threads)
 
 
 if __name__ == "__main__":

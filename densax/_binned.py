@@ -37,8 +37,9 @@ other argument may be traced; ``H`` means the bandwidth, a scalar or
   upper)`` and ``log_density(x, data, bandwidth, shape, ...) -> [m]``: the
   whole pipeline.
 * ``error_bound(kernel, bandwidth, lower, upper, shape, on_grid=True) -> []``
-  and ``use_grid(...) -> bool``: the documented error and the rule that picks
-  the exact path where the grid is less accurate.
+  and ``use_grid(...) -> bool`` (``relative_error_bound``, jit-able, and
+  ``grid_is_cheaper``): the documented error and the rule that picks the
+  exact path where the grid is less accurate.
 
 Error (``s_k = delta_k / sigma_k`` is the grid spacing along axis ``k`` in
 bandwidths, ``sigma_k = (H^-1)_kk^(-1/2)``, ``h`` for a scalar bandwidth, and
@@ -107,8 +108,7 @@ import numpy as np
 from jax import lax
 
 from densax import _parallel
-from densax._kde_core import _log_kernel_integral
-from densax.kde import KERNELS
+from densax._kde_core import KERNELS, _log_kernel_integral
 
 __all__ = [
     "bin_data",
@@ -119,7 +119,9 @@ __all__ = [
     "grid_points",
     "interpolate",
     "kernel_cutoff",
+    "grid_is_cheaper",
     "log_density",
+    "relative_error_bound",
     "use_grid",
 ]
 
@@ -624,14 +626,40 @@ def error_bound(kernel, bandwidth, lower, upper, shape, on_grid=True):
     return factor * jnp.exp(_log_peak(kernel, chol))
 
 
+def relative_error_bound(kernel, bandwidth, lower, upper, shape):
+    """The interpolated :func:`error_bound` relative to the kernel's peak ``q0``.
+
+    For the tophat kernel the integrated bound itself. ``jit``-able (``shape``
+    and ``kernel`` static): the accuracy half of :func:`use_grid`.
+    """
+    d = len(shape)
+    lower = jnp.asarray(lower)
+    bound = error_bound(kernel, bandwidth, lower, upper, shape, on_grid=False)
+    if kernel == "tophat":
+        return bound
+    spacing = _spacing(lower, jnp.asarray(upper, lower.dtype), shape)
+    bandwidth = jnp.asarray(bandwidth, lower.dtype)
+    chol = _chol(_binning_corrected(kernel, bandwidth, spacing), d)
+    return bound / jnp.exp(_log_peak(kernel, chol))
+
+
+def grid_is_cheaper(shape, n_data, n_query):
+    """The cost half of :func:`use_grid`: ``n 2^d + P log2 P + m 2^d < n m``."""
+    d = len(shape)
+    size = float(np.prod(_fft_shape(tuple(shape))))
+    grid_work = (n_data + n_query) * 2**d + size * math.log2(size)
+    return grid_work < float(n_data) * float(n_query)
+
+
 def use_grid(kernel, bandwidth, lower, upper, shape, n_data, n_query, rtol=1e-3):
     """Whether the binned path should replace the exact one (concrete inputs).
 
     The grid is chosen when ``d <= 3``, the interpolated :func:`error_bound`
     is at most ``rtol`` times the kernel's peak height ``q0`` (for the tophat
-    kernel, the integrated bound at most ``rtol``), and the grid's work
-    ``n 2^d + P log2 P + m 2^d`` is below the exact ``n m``. Call it outside
-    ``jit`` (it returns a Python bool).
+    kernel, the integrated bound at most ``rtol``;
+    :func:`relative_error_bound`), and the grid's work ``n 2^d + P log2 P +
+    m 2^d`` is below the exact ``n m`` (:func:`grid_is_cheaper`). Call it
+    outside ``jit`` (it returns a Python bool).
 
     Args:
       kernel: one of :data:`densax.kde.KERNELS`.
@@ -646,16 +674,6 @@ def use_grid(kernel, bandwidth, lower, upper, shape, n_data, n_query, rtol=1e-3)
     Returns:
       True for the grid, False for the exact sums.
     """
-    d = len(shape)
-    if d > MAX_DIM:
+    if len(shape) > MAX_DIM or not grid_is_cheaper(shape, n_data, n_query):
         return False
-    lower = jnp.asarray(lower)
-    bound = error_bound(kernel, bandwidth, lower, upper, shape, on_grid=False)
-    if kernel != "tophat":
-        spacing = _spacing(lower, jnp.asarray(upper, lower.dtype), shape)
-        bandwidth = jnp.asarray(bandwidth, lower.dtype)
-        chol = _chol(_binning_corrected(kernel, bandwidth, spacing), d)
-        bound = bound / jnp.exp(_log_peak(kernel, chol))
-    size = float(np.prod(_fft_shape(tuple(shape))))
-    grid_work = (n_data + n_query) * 2**d + size * math.log2(size)
-    return bool(bound <= rtol) and grid_work < float(n_data) * float(n_query)
+    return bool(relative_error_bound(kernel, bandwidth, lower, upper, shape) <= rtol)

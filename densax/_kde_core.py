@@ -17,6 +17,8 @@ from jax.custom_derivatives import SymbolicZero
 
 __all__ = []
 
+# The kernels (densax.kde.KERNELS; here so that densax._binned needs no densax.kde).
+KERNELS = ("gaussian", "tophat", "epanechnikov", "exponential", "linear", "cosine")
 _HIGHEST = lax.Precision.HIGHEST
 # Reverse mode keeps only the [m] log-sums of the forward pass; the [B, n]
 # blocks are recomputed.

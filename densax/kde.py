@@ -30,9 +30,18 @@ scikit-learn's closed form is wrong (its 2D cosine KDE integrates to 0.363,
 its 4D one is NaN); densax integrates ``r^(d-1) cos(pi r / 2)`` exactly.
 Compact kernels give ``-inf`` outside their support (the open unit ball).
 
-Everything is exact (no tree, grid or cut-off) and in log space: a query 1000
-bandwidths away from every point has a finite log-density for the gaussian and
-exponential kernels, in float32 and float64. Queries are processed in blocks of
+The exact path (``log_prob(..., method="exact")``, :func:`loo_log_likelihood`,
+:func:`sample`) has no tree, grid or cut-off and works in log space: a query
+1000 bandwidths away from every point has a finite log-density for the
+gaussian and exponential kernels, in float32 and float64. In ``d <= 3`` the
+binned path (:func:`grid_log_prob`, :func:`interpolate`, ``method="binned"``;
+:mod:`densax._kde_grid` over the engine :mod:`densax._binned`) bins the data
+linearly onto a regular grid and convolves by one FFT, with a documented error
+bound; :func:`log_prob`'s default ``method="auto"`` takes it on concrete
+inputs where that bound is small and the grid is cheaper, and the exact sums
+for every query the grid does not resolve.
+
+On the exact path, queries are processed in blocks of
 ``block_size`` rows (``lax.map``), so memory is ``O(block_size * n)``, never
 ``O(m * n)``; derivatives w.r.t. queries, data, bandwidth and weights come from
 a custom JVP whose per-block work is rematerialised (``jax.checkpoint``), so
@@ -51,6 +60,8 @@ References:
   Estimation for Statistics and Data Analysis*, Chapman & Hall (1986).
   Duin, "On the choice of smoothing parameters for Parzen estimators of
   probability density functions", IEEE Trans. Computers 25 (1976).
+  Wand, "Fast computation of multivariate kernel estimators", J. Comput.
+  Graph. Statist. 3 (1994).
 """
 
 import dataclasses
@@ -63,7 +74,9 @@ import numpy as np
 import optax
 from jax import lax
 
+from densax import _kde_grid
 from densax._kde_core import (
+    KERNELS,
     _combine_shards,
     _kernel_logsumexp,
     _kernel_variance,
@@ -84,10 +97,15 @@ from densax._validate import (
 )
 
 __all__ = [
+    "DEFAULT_GRID_SIZE",
     "KDE",
     "KERNELS",
+    "METHODS",
     "FitResult",
+    "Grid",
     "fit",
+    "grid_log_prob",
+    "interpolate",
     "log_prob",
     "loo_log_likelihood",
     "sample",
@@ -95,8 +113,14 @@ __all__ = [
     "silverman",
 ]
 
-KERNELS = ("gaussian", "tophat", "epanechnikov", "exponential", "linear", "cosine")
 _RULES = ("scott", "silverman")
+# How log_prob evaluates: the grid where it is accurate and cheaper, exact
+# sums, or the binned grid (d <= 3).
+METHODS = ("auto", "exact", "binned")
+Grid = _kde_grid.Grid
+grid_log_prob = _kde_grid.grid_log_prob
+interpolate = _kde_grid.interpolate
+DEFAULT_GRID_SIZE = _kde_grid.DEFAULT_GRID_SIZE
 _HIGHEST = lax.Precision.HIGHEST
 # Bytes of one [block, n] score block: a few MB, the fastest size on CPU in
 # float32 and float64 (the measurement is in docs/benchmarks_notes.md).
@@ -792,22 +816,49 @@ def log_prob(
     model: KDE,
     x: Any,
     *,
+    method: str = "auto",
+    grid_size: Any = None,
+    rtol: float = 1e-3,
     block_size: int | None = None,
     axis_name: str | None = None,
     validate: bool = True,
 ) -> jax.Array:
     """Log-density of the queries ``x`` under the KDE ``model``.
 
-    Exact and in log space (a logsumexp over all data points, blocked over
-    queries). Compact kernels give ``-inf`` where no point is within one
-    bandwidth; a NaN query gives NaN for that query only. Under a
-    transformation (no eager value checks), a non-positive scalar bandwidth or
-    a non-positive-definite ``H`` gives NaN everywhere. Differentiable w.r.t.
-    ``x`` and every leaf of ``model`` (data, weights, bandwidth).
+    ``method="exact"``: exact and in log space (a logsumexp over all data
+    points, blocked over queries). Compact kernels give ``-inf`` where no
+    point is within one bandwidth; a NaN query gives NaN for that query only.
+    Under a transformation (no eager value checks), a non-positive scalar
+    bandwidth or a non-positive-definite ``H`` gives NaN everywhere.
+    Differentiable w.r.t. ``x`` and every leaf of ``model`` (data, weights,
+    bandwidth).
+
+    ``method="binned"`` (``d <= 3``): :func:`grid_log_prob` on a grid of
+    ``grid_size`` nodes per axis, then :func:`interpolate` at ``x``
+    (``O(n 2^d + P log P + m 2^d)`` instead of ``O(n m)``); absolute density
+    error at most the grid's ``interp_error_bound``, ``-inf`` outside the
+    grid or below the FFT's round-off. Differentiable w.r.t. the bandwidth,
+    the weights, and (piecewise linearly) the data and queries; ``jit``- and
+    ``vmap``-able. To evaluate one grid many times, call those two yourself.
+
+    ``method="auto"`` (default): the binned path where
+    :mod:`densax._binned`'s rule accepts the grid of ``grid_size`` (``d <=
+    3``, interpolation error bound at most ``rtol`` times the kernel's peak
+    height, and less work than the exact sums: large ``n m``), with the exact
+    sums for every query where the grid's density is 0 (outside the grid, far
+    tails); the exact path otherwise. The rule needs the bandwidth's value: on
+    traced inputs (under ``jit``, ``vmap``, ``grad``, ``shard_map``) ``"auto"``
+    is ``"exact"``; pass ``method="binned"`` to trace the grid path.
 
     Args:
       model: a :class:`KDE` from :func:`fit`.
       x: [m, d] queries, or one [d] query.
+      method: one of :data:`METHODS`: ``"auto"``, ``"exact"`` or
+        ``"binned"``.
+      grid_size: ``"binned"``/``"auto"``: nodes per axis (an int or d
+        ints); default :data:`DEFAULT_GRID_SIZE`.
+      rtol: ``"auto"``: the largest accepted error bound of the grid,
+        relative to the kernel's peak height ``q_H(0)``.
       block_size: queries per block (peak memory ~ ``block_size * n``
         elements); by default a block is about 4 MB.
       axis_name: with the model's data sharded over this mapped axis
@@ -833,6 +884,7 @@ def log_prob(
       (2,)
     """
     model = _check_model(model)
+    check_choice(method, "method", METHODS)
     dtype = common_float_dtype(x, model.data)
     x = as_float(x, "x", ndim=(1, 2), dtype=dtype)
     check_same_last_dim(x, model.data, "x", "model.data")
@@ -840,8 +892,22 @@ def log_prob(
     model = jax.tree.map(lambda a: a.astype(dtype), model)
     single = x.ndim == 1
     queries = x[None] if single else x
-    n = model.data.shape[0]
-    block = _block_size(block_size, queries.shape[0], n, dtype.itemsize)
+    n, m = model.data.shape[0], queries.shape[0]
+    if method == "binned":
+        out = _kde_grid.binned_log_prob(model, queries, grid_size, axis_name)
+        return out[0] if single else out
+    if method == "auto" and _kde_grid.auto_uses_grid(model, m, grid_size, rtol):
+        out = _kde_grid.binned_log_prob(model, queries, grid_size, axis_name)
+        # The exact sums where the grid resolves nothing (outside it, far tails).
+        missing = np.flatnonzero(~np.isfinite(np.asarray(out)))
+        if missing.size:
+            # Padded to a power of two (repeating queries): few compilations.
+            rest = queries[np.resize(missing, 1 << (missing.size - 1).bit_length())]
+            block = _block_size(block_size, rest.shape[0], n, dtype.itemsize)
+            exact = _log_prob(rest, model, block_size=block, axis_name=None)
+            out = out.at[missing].set(exact[: missing.size])
+        return out[0] if single else out
+    block = _block_size(block_size, m, n, dtype.itemsize)
     out = _log_prob(queries, model, block_size=block, axis_name=axis_name)
     return out[0] if single else out
 

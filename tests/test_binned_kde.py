@@ -1,7 +1,12 @@
-"""Tests of densax._binned: the binned (linear binning + FFT) KDE on a grid.
+"""Tests of the binned (linear binning + FFT) KDE: densax._binned and its public API.
 
-References: the exact KDE of densax.kde (through ``exact_log_density``, the one
-place that calls it) and KDEpy's ``FFTKDE`` (same algorithm; optional).
+The public API (``kde.grid_log_prob``, ``kde.interpolate``, ``kde.log_prob``
+with ``method="binned"``/``"auto"``) is what the accuracy, derivative and
+transformation tests go through; ``densax._binned`` is called directly only
+for its rule and its sharded binning.
+
+References: the exact KDE of densax.kde (``exact_log_density``) and KDEpy's
+``FFTKDE`` (same algorithm; optional).
 """
 
 import functools
@@ -33,7 +38,7 @@ def exact_log_density(x, data, bandwidth, kernel, sample_weight=None):
     model = kde.fit(
         data, bandwidth=bandwidth, kernel=kernel, sample_weight=sample_weight
     )
-    return kde.log_prob(model, x)
+    return kde.log_prob(model, x, method="exact")
 
 
 def _bandwidth(d):
@@ -52,17 +57,14 @@ def _case(d, kernel):
         w = rng.uniform(0.5, 2.0, len(data))
         bw = _bandwidth(d)
         shape = SHAPES[d]
-        logp, lo, hi = _binned.grid_log_density(
-            data, bw, shape, kernel=kernel, sample_weight=w
-        )
-        grid = np.exp(np.asarray(logp))
-        nodes = np.array(_binned.grid_points(lo, hi, shape).reshape(-1, d))
+        model = kde.fit(data, bandwidth=bw, kernel=kernel, sample_weight=w)
+        grid = kde.grid_log_prob(model, shape)
+        lo, hi = grid.lower, grid.upper
+        nodes = np.array(grid.points.reshape(-1, d))
         queries = rng.uniform(-1.5, 1.5, (200, d))
-        exact = np.exp(
-            np.asarray(
-                exact_log_density(np.concatenate([nodes, queries]), data, bw, kernel, w)
-            )
-        )
+        both = np.concatenate([nodes, queries])
+        exact = np.exp(np.asarray(kde.log_prob(model, both, method="exact")))
+        binned = kde.interpolate(grid, queries)
         return dict(
             data=data,
             w=w,
@@ -71,14 +73,12 @@ def _case(d, kernel):
             lo=np.asarray(lo),
             hi=np.asarray(hi),
             nodes=nodes,
-            grid=grid.ravel(),
+            grid=np.exp(np.asarray(grid.log_density)).ravel(),
             exact=exact[: len(nodes)],
-            at_queries=np.asarray(_binned.interpolate(grid, lo, hi, queries)),
+            at_queries=np.exp(np.asarray(binned)),
             exact_queries=exact[len(nodes) :],
-            bound=float(_binned.error_bound(kernel, bw, lo, hi, shape)),
-            bound_off=float(
-                _binned.error_bound(kernel, bw, lo, hi, shape, on_grid=False)
-            ),
+            bound=float(grid.error_bound),
+            bound_off=float(grid.interp_error_bound),
         )
 
 
@@ -110,13 +110,14 @@ def test_binned_converges_to_exact(kernel):
         rng = np.random.default_rng(3)
         data = rng.standard_normal((400, 1))
         lo, hi = np.array([-5.0]), np.array([5.0])
+        # The coarse grid's nodes are every other node of the fine one.
+        nodes = np.linspace(-5.0, 5.0, 257)[:, None]
+        exact = np.exp(np.asarray(exact_log_density(nodes, data, 0.4, kernel)))
         errs = []
-        for n in (129, 257):
+        for n, ex in ((129, exact[::2]), (257, exact)):
             logp, _, _ = _binned.grid_log_density(
                 data, 0.4, (n,), kernel=kernel, lower=lo, upper=hi
             )
-            nodes = np.linspace(-5.0, 5.0, n)[:, None]
-            ex = np.exp(np.asarray(exact_log_density(nodes, data, 0.4, kernel)))
             errs.append(np.abs(np.exp(np.asarray(logp)) - ex).mean())
         assert errs[1] < 0.7 * errs[0]
 
@@ -157,10 +158,9 @@ def test_gradients_by_finite_differences(x64):
 
     @jax.jit
     def f(bw, w):
-        out = _binned.log_density(
-            queries, data, bw, (32, 32), sample_weight=w, lower=lo, upper=hi
-        )
-        return jnp.dot(probe, out)
+        model = kde.fit(data, bandwidth=bw, sample_weight=w, validate=False)
+        grid = kde.grid_log_prob(model, 32, lower=lo, upper=hi)
+        return jnp.dot(probe, kde.interpolate(grid, queries))
 
     for bw, dbw in [
         (0.5, 1.0),
@@ -183,9 +183,8 @@ def test_jit_and_vmap_over_bandwidths(dtype):
 
     @jax.jit
     def grid(h):
-        return _binned.grid_log_density(
-            data, h, (128,), kernel="epanechnikov", lower=lo, upper=hi
-        )[0]
+        model = kde.fit(data, bandwidth=h, kernel="epanechnikov", validate=False)
+        return kde.grid_log_prob(model, 128, lower=lo, upper=hi).log_density
 
     batched = jax.vmap(grid)(hs)
     assert batched.shape == (3, 128)
@@ -194,11 +193,17 @@ def test_jit_and_vmap_over_bandwidths(dtype):
         np.testing.assert_allclose(
             batched[i], grid(h), rtol=1e-5 if dtype == np.float32 else 1e-12
         )
-    # The automatic grid under vmap too (one grid per bandwidth).
-    auto = jax.vmap(lambda h: _binned.grid_log_density(data, h, (64,))[0])(hs)
-    ref = _binned.grid_log_density(data, hs[1], (64,))[0]
+    # The automatic grid under vmap too (one grid per bandwidth), through
+    # log_prob's one-call form.
+    q = data[:50]
+
+    def binned(h):
+        model = kde.fit(data, bandwidth=h, validate=False)
+        return kde.log_prob(model, q, method="binned", grid_size=64)
+
+    auto = jax.vmap(binned)(hs)
     np.testing.assert_allclose(
-        auto[1], ref, rtol=1e-4 if dtype == np.float32 else 1e-12
+        auto[1], binned(hs[1]), rtol=1e-4 if dtype == np.float32 else 1e-12
     )
 
 
@@ -250,3 +255,58 @@ def test_use_grid_rule(x64):
     assert not _binned.use_grid("gaussian", 1.0, lo, hi, (4096,), 10, 10)
     # Compact kernels converge at first order: a finer grid is needed.
     assert not _binned.use_grid("tophat", 0.1, lo, hi, (1024,), 10**6, 10**4)
+
+
+def test_log_prob_methods(x64):
+    """auto = binned (exact where the grid resolves nothing) on a large problem."""
+    c = _case(1, "gaussian")  # 600 weighted points: n m is large enough
+    data = c["data"]
+    rng = np.random.default_rng(5)
+    queries = np.concatenate([rng.uniform(-2, 2, (299, 1)), [[40.0]]])
+    model = kde.fit(data, bandwidth=c["bw"], sample_weight=c["w"])
+    exact = kde.log_prob(model, queries, method="exact")
+    binned = kde.log_prob(model, queries, method="binned")
+    auto = kde.log_prob(model, queries)
+    grid = kde.grid_log_prob(model)
+    assert grid.points.shape == (kde.DEFAULT_GRID_SIZE[1], 1)
+    np.testing.assert_array_equal(auto[:-1], binned[:-1])
+    err = np.abs(np.exp(binned[:-1]) - np.exp(exact[:-1]))
+    assert err.max() <= grid.interp_error_bound
+    # The far query: -inf on the grid, the exact (finite) value from auto.
+    assert binned[-1] == -np.inf
+    np.testing.assert_allclose(auto[-1], exact[-1], rtol=1e-12)
+    # Small problems (one query: the exact sums are cheaper), and traced
+    # inputs, take the exact sums.
+    far = kde.log_prob(model, queries[-1:])
+    np.testing.assert_array_equal(
+        far, kde.log_prob(model, queries[-1:], method="exact")
+    )
+    np.testing.assert_array_equal(far, auto[-1:])  # the same compiled exact sums
+    np.testing.assert_array_equal(jax.jit(kde.log_prob)(model, queries), exact)
+
+
+def _model(d):
+    """A KDE of 5 points, built without kde.fit (no computation to compile)."""
+    one = jnp.ones(())
+    return kde.KDE(jnp.zeros((5, d)), jnp.ones(5), one, one, one, "gaussian")
+
+
+def test_binned_api_rejects_bad_input():
+    model4 = _model(4)
+    with pytest.raises(ValueError, match="d <= 3"):
+        kde.log_prob(model4, np.zeros((2, 4)), method="binned")
+    with pytest.raises(ValueError, match="d <= 3"):
+        kde.grid_log_prob(model4)
+    model = _model(2)
+    with pytest.raises(ValueError, match="method"):
+        kde.log_prob(model, np.zeros((2, 2)), method="fft")
+    with pytest.raises(ValueError, match="grid_size"):
+        kde.grid_log_prob(model, (16, 16, 16))
+    with pytest.raises(ValueError, match="grid_size"):
+        kde.grid_log_prob(model, 1)
+    with pytest.raises(ValueError, match="together"):
+        kde.grid_log_prob(model, 16, lower=np.zeros(2))
+    with pytest.raises(TypeError, match="grid"):
+        kde.interpolate(model, np.zeros((2, 2)))
+    with pytest.raises(TypeError, match="model"):
+        kde.grid_log_prob(np.zeros((5, 2)))

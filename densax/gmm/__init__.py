@@ -7,15 +7,18 @@ functions over a :class:`GaussianMixture` pytree (a density model of
 :func:`e_step` / :func:`m_step` / :func:`em_step`, :func:`fit` (the whole loop
 in one ``lax.while_loop`` of a fast engine, ``n_init`` restarts in parallel
 under ``vmap``, reverse-mode derivatives by implicit differentiation at the
-fixed point), :func:`log_prob` (scikit-learn's ``score_samples``),
-:func:`predict_proba`, :func:`predict`, :func:`sample`,
+fixed point), :func:`fit_stream` and :func:`fit_online` (EM on data read chunk
+by chunk, never in memory at once), :func:`log_prob` (scikit-learn's
+``score_samples``), :func:`predict_proba`, :func:`predict`, :func:`sample`,
 :func:`sample_with_labels`, :func:`bic`, :func:`aic`. Per-sample weights and
 data-parallel EM (``axis_name``) come with every estimation step.
 
 The package: ``_model.py`` (the pytree, constructors, evaluation),
 ``_steps.py`` (the textbook steps), ``_init.py`` and ``_kmeans.py`` (the
 initialisations), ``_engine.py`` (the fast EM iteration of :func:`fit`),
-``_fit.py`` (the loop, restarts, the CPU-only ``vmap`` rule
+``_stream.py`` (EM on a stream of chunks: :func:`fit_stream`, one pass
+per iteration with the engine's statistics and M-step, and online EM,
+:func:`fit_online`), ``_fit.py`` (the loop, restarts, the CPU-only ``vmap`` rule
 ``_sequential_on_cpu``: the one platform-dependent seam), ``_implicit.py``
 (derivatives at the fixed point).
 
@@ -103,6 +106,7 @@ from densax.gmm._model import (
     sample_with_labels,
 )
 from densax.gmm._steps import e_step, em_step, m_step
+from densax.gmm._stream import fit_online, fit_stream
 
 __all__ = [
     "COVARIANCE_TYPES",
@@ -115,6 +119,8 @@ __all__ = [
     "e_step",
     "em_step",
     "fit",
+    "fit_online",
+    "fit_stream",
     "from_covariances",
     "from_precisions",
     "init",
