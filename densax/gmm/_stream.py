@@ -149,7 +149,10 @@ def _make_frame(x, w, *, covariance_type):
 
 @jax.jit
 def _chunk_statistics(x, w, params, frame):
-    """One chunk's engine statistics: ([1, K, F], sum w log p, sum w)."""
+    """One chunk's engine statistics: ([1, K, F], sum w log p, sum w, rows).
+
+    ``rows`` counts the rows of positive weight (padding rows have none).
+    """
     z = x - frame.frames[0]
     if frame.scales is not None:
         inverse = _inverse_transpose(frame.scales[0]).T  # L^-1
@@ -161,7 +164,7 @@ def _chunk_statistics(x, w, params, frame):
     rw = jnp.exp(log_prob - log_norm[:, None]) * w[:, None]
     stats = jnp.matmul(rw.T, phi, precision=_HIGHEST)[None]
     total = jnp.sum(jnp.where(w > 0, w * log_norm, 0))
-    return stats, total, jnp.sum(w)
+    return stats, total, jnp.sum(w), jnp.sum(w > 0).astype(w.dtype)
 
 
 @jax.jit
@@ -358,7 +361,10 @@ def fit_stream(
                     jax.block_until_ready(pending.popleft())
         if sums is None:
             raise ValueError("chunks holds no rows")
-        stats, total, mass = sums
+        stats, total, mass, count = sums
+        # Weights act through their ratios: the statistics of weights of mean
+        # one, as gmm.fit's (its floor for empty components is then relative).
+        stats = stats * (count / mass)
         params = _m_step(stats, frame, reg_covar, covariance_type=covariance_type)
         ll_prev, ll = ll, float(total / mass)
         converged = abs(ll - ll_prev) < tol
@@ -466,7 +472,7 @@ def fit_online(
             pending.append(running)
             if len(pending) > _IN_FLIGHT:
                 jax.block_until_ready(pending.popleft())
-            stats, total, mass = _chunk_statistics(x, w, params, frame)
+            stats, total, mass, _ = _chunk_statistics(x, w, params, frame)
             t = len(trace)
             gamma = 1.0 if running is None else (t + t0) ** -alpha
             running = jnp.zeros_like(stats) if running is None else running
