@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 from densax import ot
+from densax.ot import univariate
 
 # Sizes: SMALL runs the XLA path; LARGE (n + m >= 2048) runs the NumPy host
 # path on CPU with sort="auto". Few distinct shapes keep compilation short.
@@ -245,7 +246,7 @@ def test_shard_map_over_devices_matches_single_device(mesh, path):
 
 def test_no_retracing():
     u, v, a, b = (x.astype(np.float32) for x in _data(SMALL))
-    core = ot._wasserstein_1d_pow
+    core = univariate._wasserstein_1d_pow
     ot.wasserstein_1d(u, v, a=a, b=b)
     size = core._cache_size()
     ot.wasserstein_1d(u + 1, v, a=2 * a, b=b)

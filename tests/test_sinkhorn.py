@@ -1,4 +1,4 @@
-"""Tests for densax.ot._sinkhorn (exported by densax.ot): entropic OT.
+"""Tests for densax.ot.sinkhorn and densax.ot.divergence (exported by densax.ot).
 
 References: ott-jax (dense Sinkhorn, Sinkhorn divergence), POT (``sinkhorn``
 with ``method="sinkhorn_log"``, ``sinkhorn2``, ``emd2``) and densax's exact
@@ -12,6 +12,7 @@ option set compiles once.
 """
 
 import functools
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -24,8 +25,11 @@ from ott.solvers import linear
 from ott.tools import sinkhorn_divergence as ott_divergence
 
 import densax
-from densax.ot import _sinkhorn
-from densax.ot._sinkhorn import _resolve
+from densax.ot import _acceleration, _solve, _starts
+from densax.ot import _geometry as geometry
+from densax.ot._config import resolve as _resolve
+
+sinkhorn_module = importlib.import_module("densax.ot.sinkhorn")
 
 N, M, D = 24, 18, 2
 EPS = 0.5  # ~0.05 x the mean cost of the data below
@@ -298,20 +302,20 @@ def test_kernel_rebuilds_when_scalings_drift(monkeypatch):
     # float32 at a small epsilon: the potentials drift by more than
     # 21.8 epsilon (scalings beyond tiny^(-1/4)), so the kernel is rebuilt.
     builds = []
-    build = _sinkhorn._kernel
+    build = _solve.build_kernel
 
     def counted(*args):
         jax.debug.callback(lambda: builds.append(1))
         return build(*args)
 
-    monkeypatch.setattr(_sinkhorn, "_kernel", counted)
+    monkeypatch.setattr(_solve, "build_kernel", counted)
     x, y, a, b = _cloud(np.float32)
     eps = 2e-3 * float(np.mean(_cost(x, y)))
-    _sinkhorn._sinkhorn_core.clear_cache()  # trace again, with `counted`
+    sinkhorn_module._sinkhorn_core.clear_cache()  # trace again, with `counted`
     try:
         out = densax.ot.sinkhorn(x, y, a=a, b=b, epsilon=eps)
     finally:
-        _sinkhorn._sinkhorn_core.clear_cache()
+        sinkhorn_module._sinkhorn_core.clear_cache()
     assert len(builds) >= 3 and bool(out.converged)
     with jax.enable_x64(True):
         x64, y64, a64, b64 = _cloud(np.float64)
@@ -338,9 +342,9 @@ def test_ball_transform_bounds_the_hard_transform(x64):
     x, y, a, _ = _data()
     y = y + np.array([1.0, 0.0])
     cost_fn = costs.SqEuclidean()
-    geom = _sinkhorn._make_geom(cost_fn, x, y, 8, None)
+    geom = geometry.make_geom(cost_fn, x, y, 8, None)
     f = np.log(a)
-    bound = _sinkhorn._ball_transform(geom, a, jnp.asarray(f), None)
+    bound = geometry.ball_transform(geom, a, jnp.asarray(f), None)
     exact = np.min(_cost(x, y) - f[:, None], axis=0)
     assert np.all(np.asarray(bound) <= exact + 1e-12)
     outside = np.asarray(bound) > -np.max(f)
@@ -397,8 +401,8 @@ def test_gaussian_start_is_the_entropic_fixed_point(x64):
         [pts[:, 0] ** 2, pts[:, 0] * pts[:, 1], pts[:, 1] ** 2, *pts.T, np.ones(12)], 1
     )
     for eps in (0.3, 3.0):
-        geom = _sinkhorn._Geom(jnp.asarray(pts), jnp.asarray(pts), None, None)
-        f0, g0 = _sinkhorn._gaussian_start(
+        geom = geometry.Geom(jnp.asarray(pts), jnp.asarray(pts), None, None)
+        f0, g0 = _starts.gaussian_start(
             geom, jnp.asarray(mu), jnp.asarray(nu), (cov_s, cov_t), eps
         )
         coef = np.linalg.lstsq(monomials, np.asarray(f0), rcond=None)[0]
@@ -431,11 +435,11 @@ def test_gaussian_start_bounds_the_costs(dtype, n, m, d, spread):
     y = (rng.normal(size=(m, d)) * 2.0).astype(dtype)
     a = np.full(n, 1.0 / n, dtype)
     b = np.full(m, 1.0 / m, dtype)
-    geom = _sinkhorn._make_geom(costs.SqEuclidean(), x, y, 64, None)
+    geom = geometry.make_geom(costs.SqEuclidean(), x, y, 64, None)
     u = np.asarray(geom.x) - a @ np.asarray(geom.x)
     w = np.asarray(geom.y) - b @ np.asarray(geom.y)
     covs = (jnp.asarray((u * a[:, None]).T @ u), jnp.asarray((w * b[:, None]).T @ w))
-    f0, g0 = _sinkhorn._gaussian_start(
+    f0, g0 = _starts.gaussian_start(
         geom, a @ geom.x, b @ geom.y, covs, jnp.asarray(0.5, dtype)
     )
     assert np.all(np.isfinite(f0)) and np.all(np.isfinite(g0))
@@ -559,11 +563,11 @@ def test_one_pass_iteration_keeps_tiny_columns(cost_fn):
     # -log(tiny) / 2 keep them. Reference: the same half-steps in float64.
     x, y, _, b = _data(np.float32)
     eps = jnp.float32(EPS)
-    geom = _sinkhorn._make_geom(cost_fn, x, y, 5, None)
+    geom = geometry.make_geom(cost_fn, x, y, 5, None)
     f = jnp.zeros(N, jnp.float32)
-    g = _sinkhorn._hard_transform(cost_fn, geom, f, block_size=5, axis_name=None)
+    g = geometry.hard_transform(cost_fn, geom, f, block_size=5, axis_name=None)
     g = g.at[::3].add(-92.0 * eps)  # column masses in [e^-92, 24 e^-92]
-    step, col_err, r = _sinkhorn._one_pass(
+    step, col_err, r = geometry.one_pass(
         cost_fn,
         geom,
         f,
@@ -571,7 +575,7 @@ def test_one_pass_iteration_keeps_tiny_columns(cost_fn):
         eps,
         b,
         jnp.log(b),
-        1.3,
+        lambda step: _acceleration.relax(step, 1.3),
         block_size=5,
         axis_name=None,
     )
@@ -598,8 +602,8 @@ def test_cost_scale_and_spread(x64, cost_fn, block):
     # form's terms in the difference of the means matter.
     x, y, a, b = _data()
     y = y + 3.0
-    geom = _sinkhorn._make_geom(cost_fn, x, y, block, None)
-    mean, spread, _ = _sinkhorn._cost_scale(
+    geom = geometry.make_geom(cost_fn, x, y, block, None)
+    mean, spread, _ = geometry.cost_scale(
         cost_fn, geom, a, b, block_size=block, axis_name=None
     )
     cost = _cost(x, y) if type(cost_fn) is costs.SqEuclidean else np.sqrt(_cost(x, y))
