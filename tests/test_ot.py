@@ -317,6 +317,26 @@ def test_nan_propagates_to_its_batch_element_only(path):
     assert np.isnan(w1d(u[1], v[1], p=2))
 
 
+def test_infinite_samples_give_inf_as_scipy(x64, path):
+    # A sample at +-inf: SciPy's wasserstein_distance is inf (NaN only for
+    # inf - inf). Empty intervals of the quantile merge at an infinite atom
+    # must add 0, not 0 * inf. One batch, one compilation per path.
+    inf = np.inf
+    u = np.array([[0.0, 1.0, inf], [0.0, 1.0, -inf], [-inf, 0.0, 0.5], [0.0, 1.0, 2.0]])
+    v = np.array([[0.0, 2.0], [0.0, 2.0], [0.0, 1.0], [0.0, inf]])
+    for p in (1, 2):
+        w = ot.wasserstein_1d(u, v, p=p, sort=path)
+        ref = [
+            scipy.stats.wasserstein_distance(ui, vi)
+            for ui, vi in zip(u, v, strict=True)
+        ]
+        assert np.all(np.isposinf(w)) and np.all(np.isposinf(ref))
+    both = ot.wasserstein_1d(np.array([0.0, inf]), np.array([1.0, inf]), sort=path)
+    assert np.isnan(both) and np.isnan(
+        scipy.stats.wasserstein_distance([0, inf], [1, inf])
+    )
+
+
 # ---------------------------------------------------------------------------
 # Sliced Wasserstein.
 

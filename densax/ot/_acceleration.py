@@ -47,6 +47,10 @@ _GAP_PER_EPSILON = 4.0
 # iteration and a kernel squaring.
 _MIN_LEVELS = 2.0
 _DIVERGENCE_GUARD = 100.0  # omega falls back to 1 if the error grows this much
+# Progress at the target epsilon: the error has fallen by this factor since
+# `mark` (see RelaxState); the loop calls a path stalled without it for a
+# while (_loop.stalled).
+_STALL_DROP = 0.98
 
 
 class AnnealState(NamedTuple):
@@ -105,6 +109,8 @@ class RelaxState(NamedTuple):
     k_target: jax.Array  # [] int32 iterations run at the target epsilon
     history: jax.Array  # [3] last errors at the target epsilon (newest first)
     best: jax.Array  # [] smallest error seen at the target epsilon
+    mark: jax.Array  # [] error at the target when it last fell by _STALL_DROP
+    since: jax.Array  # [] int32 iterations at the target since then
 
 
 def relax(step, omega):
@@ -135,6 +141,8 @@ class Relaxation:
             k_target=jnp.asarray(0, jnp.int32),
             history=jnp.full(3, jnp.inf, dtype),
             best=inf,
+            mark=inf,
+            since=jnp.asarray(0, jnp.int32),
         )
 
     @staticmethod
@@ -166,10 +174,12 @@ class Relaxation:
         )
         k_target = state.k_target + at_target.astype(jnp.int32)
         best = jnp.where(at_target, jnp.minimum(state.best, err), jnp.inf)
+        progress = err < _STALL_DROP * state.mark
+        mark = jnp.where(at_target, jnp.where(progress, err, state.mark), jnp.inf)
+        since = jnp.where(at_target & ~progress, state.since + 1, 0)
         if self.omega is not None:
-            return RelaxState(
-                jnp.asarray(self.omega, err.dtype), k_target, history, best
-            )
+            omega = jnp.asarray(self.omega, err.dtype)
+            return RelaxState(omega, k_target, history, best, mark, since)
         omega = state.omega
         mu = jnp.sqrt(history[0] / history[2])
         lam = jnp.clip((mu + omega - 1.0) ** 2 / (mu * omega**2), 0.0, _MAX_RATE)
@@ -179,4 +189,5 @@ class Relaxation:
         omega = jnp.where(at_target & (k_target == 1), omega0, omega)
         blown_up = at_target & (err > _DIVERGENCE_GUARD * state.best)
         omega = jnp.where(blown_up, 1.0, omega)
-        return RelaxState(lax.stop_gradient(omega), k_target, history, best)
+        omega = lax.stop_gradient(omega)
+        return RelaxState(omega, k_target, history, best, mark, since)

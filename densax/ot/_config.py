@@ -38,6 +38,11 @@ _AUTO_MIN_ROWS_SQEUCLIDEAN = 64
 # (128 MB in float32); "dense" and "kernel" always do, "online" never.
 _AUTO_KERNEL_ENTRIES = 1 << 25
 _UNLIMITED = 1 << 62
+# The stall window of an accelerated path: max_iter / 20 iterations, at
+# least 50 (see CoreConfig.stall). A path that gains less than 2 % in it
+# could not gain a decade within the budget.
+_STALL_MIN = 50
+_STALL_PARTS = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +60,12 @@ class CoreConfig:
     # Cache the kernel (stabilised scaling, see Kernel) of problems with at
     # most this many entries (per device); 0: never.
     kernel: int = 0
+    # An accelerated path (Gaussian or warm start, annealing, relaxation)
+    # that makes no progress at the target epsilon for this many iterations
+    # stops, and the plain zero-start iteration takes the rest of the
+    # budget (_solve.solve_and_state); 0: never (plain paths, fixed
+    # iteration counts, unrolled gradients).
+    stall: int = 0
 
     @property
     def fixed(self) -> bool:
@@ -100,7 +111,7 @@ class SinkhornConfig:
         problem between the Gaussians fitted to ``(x, a)`` and ``(y, b)``, in
         closed form (Janati et al. 2020; ott-jax's ``GaussianInitializer``
         takes the unregularised ones), at the cost of two ``d x d``
-        eigendecompositions (in float32 for half-precision inputs).
+        eigendecompositions (half-precision inputs are computed in float32).
         Near-Gaussian clouds start close to the solution. ``"zero"``:
         ``f = epsilon log a``, zero but for the weights (as ott-jax's
         default). ``"auto"`` (default): ``"gaussian"`` for the squared
@@ -317,6 +328,11 @@ def resolve(
         kernel = 0
         storage = "online" if storage == "kernel" else storage
     relaxation = None if config.relaxation == "adaptive" else config.relaxation
+    accelerated = init != "zero" or scaling is not None or relaxation != 1.0
+    plain_loop = config.min_iter == config.max_iter or unroll
+    stall = 0
+    if accelerated and not plain_loop:
+        stall = max(_STALL_MIN, config.max_iter // _STALL_PARTS)
     cfg = CoreConfig(
         max_iter=config.max_iter,
         min_iter=config.min_iter,
@@ -327,6 +343,7 @@ def resolve(
         axis_name=axis_name,
         initializer=init,
         kernel=kernel,
+        stall=stall,
     )
     record = dataclasses.replace(
         config,

@@ -64,6 +64,11 @@ def init_state(cfg, f, g, eps, levels) -> LoopState:
 def run_loop(cfg, body, init: LoopState, threshold, eps, build=None, gather=None):
     """Runs ``body`` until convergence, or for exactly ``max_iter``.
 
+    With ``cfg.stall > 0`` it also stops (after ``min_iter``) when the error
+    at the target epsilon has not fallen by 2 % in ``cfg.stall`` iterations
+    (``RelaxState.since``): the caller then falls back to the plain
+    iteration.
+
     Args:
       cfg: the static configuration (``_config.CoreConfig``): ``min_iter``,
         ``max_iter``, ``differentiation``, the annealing.
@@ -85,6 +90,8 @@ def run_loop(cfg, body, init: LoopState, threshold, eps, build=None, gather=None
         if cfg.fixed:
             return s.k < cfg.max_iter
         going = (s.k < cfg.min_iter) | (s.anneal.eps > eps) | (s.err > threshold)
+        if cfg.stall:
+            going = going & ((s.k < cfg.min_iter) | (s.relax.since < cfg.stall))
         return (s.k < cfg.max_iter) & going
 
     if build is not None:

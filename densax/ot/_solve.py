@@ -18,6 +18,7 @@ column of the plan sums to ``b_j <= 1``), so the row masses need no
 max-shift (see ``densax/ot/README.md``).
 """
 
+import dataclasses
 import functools
 from typing import NamedTuple
 
@@ -90,8 +91,12 @@ def epsilons(cfg, cost_fn, geom, a, b, epsilon, init=None):
     return eps, Schedule(start, scale, covs, init)
 
 
-def solve_xy(cfg, cost_fn, geom, a, b, eps, sched, threshold):
-    """Sinkhorn iterations for the cross problem; returns the final state."""
+def solve_xy(cfg, cost_fn, geom, a, b, eps, sched, threshold, resume=None):
+    """Sinkhorn iterations for the cross problem.
+
+    ``resume``: ``(k, trace)`` of an earlier path whose budget this one
+    continues, or None. Returns the final state and the last kernel.
+    """
     tiny = jnp.finfo(a.dtype).tiny
     log_a, log_b = jnp.log(a), jnp.log(b)
     kw = dict(block_size=cfg.block_size, axis_name=cfg.axis_name)
@@ -139,13 +144,20 @@ def solve_xy(cfg, cost_fn, geom, a, b, eps, sched, threshold):
             mass=psum(jnp.sum(r), cfg.axis_name),
         )
 
-    init = init_state(cfg, f0, g0, eps, levels)
+    init = _resumed(init_state(cfg, f0, g0, eps, levels), resume)
     build = functools.partial(build_kernel, cost_fn, geom)
     build = build if caches_kernel(cfg, geom) else None
     return run_loop(cfg, body, init, threshold, eps, build)
 
 
-def solve_sym(cfg, cost_fn, geom, a, eps, sched, threshold):
+def _resumed(init: LoopState, resume) -> LoopState:
+    """``init`` continuing the iteration count and trace ``resume``."""
+    if resume is None:
+        return init
+    return init._replace(k=resume[0], trace=resume[1])
+
+
+def solve_sym(cfg, cost_fn, geom, a, eps, sched, threshold, resume=None):
     """Symmetric Sinkhorn for OT(a, a): ``f <- (f + T(f)) / 2``.
 
     With ``x`` sharded, ``geom`` pairs the local points (rows) with all points
@@ -187,7 +199,7 @@ def solve_sym(cfg, cost_fn, geom, a, eps, sched, threshold):
             mass=psum(jnp.sum(r), axis_name),
         )
 
-    init = init_state(cfg, f_init, f_init, eps, levels)
+    init = _resumed(init_state(cfg, f_init, f_init, eps, levels), resume)
     build = None
     if caches_kernel(cfg, geom):
         # Columns are all points: run_loop hands the kernel (and its
@@ -218,6 +230,7 @@ class Aux(NamedTuple):
     converged: jax.Array  # [] bool
     mass: jax.Array  # [] sum_ij P_ij at the returned potentials
     transport_cost: jax.Array | None  # [] <P, C> from the cached kernel
+    fallback: jax.Array  # [] bool: the plain zero-start path gave the result
 
 
 def total_mass(cfg, cost_fn, geom, f, g, eps):
@@ -235,12 +248,17 @@ def solve_and_state(cfg, prob: Problem, sched, threshold, symmetric):
     while annealing pays a pass for each instead.
     """
     geom, cost_fn, a, b, eps = prob
-    if symmetric:
-        s, kern = solve_sym(cfg, cost_fn, geom, a, eps, sched, threshold)
-        g = gather(s.f_out, cfg.axis_name)  # the columns are all points
-    else:
-        s, kern = solve_xy(cfg, cost_fn, geom, a, b, eps, sched, threshold)
-        g = s.g
+
+    def solve(cfg, sched, resume=None):
+        if symmetric:
+            return solve_sym(cfg, cost_fn, geom, a, eps, sched, threshold, resume)
+        return solve_xy(cfg, cost_fn, geom, a, b, eps, sched, threshold, resume)
+
+    s, kern = solve(cfg, sched)
+    fallback = jnp.zeros((), bool)
+    if cfg.stall:
+        s, kern, fallback = _fall_back(cfg, solve, sched, s, kern, threshold, eps)
+    g = gather(s.f_out, cfg.axis_name) if symmetric else s.g  # columns: all points
     mass = lax.cond(
         s.anneal.eps == eps,
         lambda: s.mass,
@@ -254,5 +272,46 @@ def solve_and_state(cfg, prob: Problem, sched, threshold, symmetric):
             lambda: kernel_plan_cost(geom, kern, s.f_out, s.g, cfg.axis_name),
             lambda: plan_cost(cost_fn, geom, s.f_out, s.g, eps, **kw),
         )
-    converged = (s.err <= threshold) & (s.anneal.eps <= eps) & jnp.isfinite(s.err)
-    return s, Aux(s.trace, s.k, converged, mass, transport_cost)
+    converged = _converged(s, threshold, eps)
+    return s, Aux(s.trace, s.k, converged, mass, transport_cost, fallback)
+
+
+def _converged(s: LoopState, threshold, eps):
+    return (s.err <= threshold) & (s.anneal.eps <= eps) & jnp.isfinite(s.err)
+
+
+def _fall_back(cfg, solve, sched, s, kern, threshold, eps):
+    """The plain zero-start iteration after a stalled accelerated path.
+
+    An acceleration (the Gaussian or a warm start, annealing, relaxation)
+    changes the path, not the fixed point, and on some ill-conditioned
+    problems its path stalls where plain Sinkhorn from the zero start
+    converges at once (ten points against a shifted copy at a small
+    epsilon). The loop stops such a path (``cfg.stall``); then, within the
+    same jitted program, plain Sinkhorn from ``f = eps log a`` takes the rest
+    of the budget, and the state with the smaller error is kept (the first
+    one, with its own trace, if the plain path does no better). Under
+    ``vmap`` the members that did not stall take no plain iteration.
+
+    Returns ``(state, kernel, fallback)``, ``fallback`` whether the plain
+    path's state was kept.
+    """
+    plain = dataclasses.replace(
+        cfg, initializer="zero", epsilon_scaling=None, relaxation=1.0, stall=0
+    )
+    stalled = (s.k < cfg.max_iter) & ~_converged(s, threshold, eps)
+    stalled = stalled & jnp.isfinite(s.err)
+
+    def run(args):
+        s, kern = args
+        # Members that did not stall start with no budget left (vmap).
+        k0 = jnp.where(stalled, s.k, cfg.max_iter)
+        t, kern_t = solve(plain, sched._replace(covs=None, init=None), (k0, s.trace))
+        better = t.err < s.err
+        pick = lambda u, v: jax.tree.map(lambda p, q: jnp.where(better, p, q), u, v)
+        return pick(t, s), pick(kern_t, kern), better
+
+    def keep(args):
+        return (*args, jnp.zeros((), bool))
+
+    return lax.cond(stalled, run, keep, (s, kern))

@@ -19,7 +19,6 @@ References:
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -65,15 +64,6 @@ def gaussian_start(geom, mean_x, mean_y, covs, eps):
       covs: ``([d, d], [d, d])`` covariances of ``x`` and ``y``.
       eps: ``[]`` the epsilon of the first iteration.
     """
-    dtype = geom.x.dtype
-    if jnp.finfo(dtype).bits < 32:
-        # Half precision: no eigh kernel, and too few digits; float32 here.
-        up = lambda v: v.astype(jnp.float32)
-        geom = geom._replace(x=up(geom.x), y=up(geom.y))
-        f0, g0 = gaussian_start(
-            geom, up(mean_x), up(mean_y), jax.tree.map(up, covs), up(eps)
-        )
-        return f0.astype(dtype), g0.astype(dtype)
     cov_x, cov_y = covs
     dim = cov_x.shape[0]
     s = 0.5 * eps

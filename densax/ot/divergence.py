@@ -26,6 +26,7 @@ from ott.geometry import costs, pointcloud
 from densax import _validate
 from densax.ot._config import SinkhornConfig, merge, resolve
 from densax.ot._geometry import gather, make_geom
+from densax.ot._half import cast, compute_dtype
 from densax.ot._implicit import potentials
 from densax.ot._solve import Problem, Schedule
 from densax.ot.sinkhorn import (
@@ -239,6 +240,11 @@ def sinkhorn_divergence(
         matrix=cost is not None,
         axis_name=axis_name,
     )
+    dtype = a.dtype
+    work = compute_dtype(dtype)
+    if work != dtype:  # half precision: computed in float32
+        args = cast((x, y, costs3, a, b, epsilon, tol), work)
+        return cast(_divergence_core(*args, cost_fn, cfg, record), dtype)
     return _divergence_core(x, y, costs3, a, b, epsilon, tol, cost_fn, cfg, record)
 
 
@@ -311,6 +317,12 @@ def wasserstein_entropic(
         raise TypeError(f"p must be a number >= 1, got {type(p).__name__}")
     if not p >= 1:
         raise ValueError(f"p must be >= 1, got {p}")
+    # Half precision: the divergence and its root computed in float32.
+    half = [getattr(v, "dtype", None) for v in (x, y)]
+    half = [t for t in half if t is not None and jnp.issubdtype(t, jnp.floating)]
+    dtype = jnp.result_type(*half) if half else None
+    if dtype is not None and compute_dtype(dtype) != dtype:
+        x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
     out = sinkhorn_divergence(
         x,
         y,
@@ -326,4 +338,5 @@ def wasserstein_entropic(
     )
     s = out.divergence
     positive = s > 0
-    return jnp.where(positive, jnp.where(positive, s, 1.0) ** (1.0 / p), 0.0)
+    w = jnp.where(positive, jnp.where(positive, s, 1.0) ** (1.0 / p), 0.0)
+    return w if dtype is None or compute_dtype(dtype) == dtype else w.astype(dtype)

@@ -94,6 +94,7 @@ from densax.ot._geometry import (
     psum,
     row_pass,
 )
+from densax.ot._half import cast, compute_dtype
 from densax.ot._implicit import potentials, valued
 from densax.ot._solve import Problem, epsilons, total_mass
 
@@ -121,6 +122,9 @@ class SinkhornOutput(NamedTuple):
     converged: jax.Array  # [] bool: L1 marginal error <= tol at epsilon
     n_iter: jax.Array  # [] int32 iterations run (annealing included)
     trace: jax.Array  # [max_iter] L1 marginal error per iteration, NaN after
+    # [] bool: the accelerated path stalled and the plain iteration from the
+    # zero start gave the result (SinkhornConfig, "Fallback")
+    fallback: jax.Array
     epsilon: jax.Array  # [] regularisation used
     x: jax.Array | None  # [n, d] source points (None for a cost matrix)
     y: jax.Array | None  # [m, d] target points (None for a cost matrix)
@@ -204,6 +208,7 @@ def _solve_problem(cfg, cost_fn, x, y, a, b, epsilon, threshold, cost, init, rec
         converged=aux.converged & ok,
         n_iter=aux.n_iter,
         trace=aux.trace,
+        fallback=aux.fallback,
         epsilon=eps,
         x=x,
         y=y,
@@ -285,7 +290,10 @@ def _check_inputs(
             raise ValueError(f"x and y must have at least one point, got {n} and {m}")
         _validate.check_finite(x, "x", validate)
         _validate.check_finite(y, "y", validate)
-    a = jnp.ones(n, dtype) if a is None else a
+    if a is None:
+        # Like the rows (ones_like): split as they are under shard_map.
+        rows = x if cost_matrix is None else cost_matrix
+        a = jnp.ones_like(rows[:, 0], dtype)
     b = jnp.ones(m, dtype) if b is None else b
     a = _validate.check_weights(a, "a", (n,), dtype=dtype, validate=validate)
     b = _validate.check_weights(b, "b", (m,), dtype=dtype, validate=validate)
@@ -374,6 +382,8 @@ def sinkhorn(
 
     Returns:
       A :class:`SinkhornOutput`; its ``config`` holds the options as resolved.
+      Half-precision (``float16``, ``bfloat16``) inputs are computed in
+      float32 and the results returned in the input dtype.
       Potentials are gauge-fixed by ``<a, f> = <b, g>``. A traced
       ``epsilon <= 0`` gives NaN values and ``converged=False``; NaN inputs
       give ``converged=False``.
@@ -435,6 +445,12 @@ def sinkhorn(
         axis_name=axis_name,
         batch_size=batch,
     )
+    dtype = a.dtype
+    work = compute_dtype(dtype)
+    if work != dtype:  # half precision: computed in float32
+        args = cast((x, y, cost, a, b, epsilon, tol, init), work)
+        out = _sinkhorn_core(*args, cost_fn, cfg, record)
+        return cast(out, dtype)
     return _sinkhorn_core(x, y, cost, a, b, epsilon, tol, init, cost_fn, cfg, record)
 
 
@@ -524,6 +540,10 @@ def transport_plan(
       ((64, 48), 1.0)
     """
     block_size = _check_result(result, storage, block_size)
+    dtype = result.f.dtype
+    work = compute_dtype(dtype)
+    if work != dtype:  # half precision: computed in float32
+        return _plan_core(cast(result, work), block_size, axis_name).astype(dtype)
     return _plan_core(result, block_size, axis_name)
 
 
@@ -575,7 +595,11 @@ def apply_plan(
             f"points), got shape {vec.shape}"
         )
     mat = vec if vec.ndim == 2 else vec[:, None]
-    out = _apply_core(result, mat, transpose, block_size, axis_name)
+    dtype = result.f.dtype
+    work = compute_dtype(dtype)
+    if work != dtype:  # half precision: computed in float32
+        result, mat = cast((result, mat), work)
+    out = _apply_core(result, mat, transpose, block_size, axis_name).astype(dtype)
     return out if vec.ndim == 2 else out[:, 0]
 
 

@@ -33,6 +33,7 @@ import numpy as np
 from jax import lax
 
 from densax import _validate
+from densax.ot._half import cast, compute_dtype
 
 __all__ = ["Coupling1D", "wasserstein_1d"]
 
@@ -234,7 +235,10 @@ def _transport(xp, u, v, u_weights, v_weights, *, p, want):
     jc, ic = xp.minimum(j, m - 1), xp.minimum(i, n - 1)  # the atoms paired
     d_u, d_v = su - _take(xp, sv, jc), _take(xp, su, ic) - sv
     cost_u, cost_v = _cost(xp, d_u, p), _cost(xp, d_v, p)
-    w_pow = xp.sum(mass_u * cost_u, axis=-1) + xp.sum(mass_v * cost_v, axis=-1)
+    # An empty interval adds nothing, even at an infinite atom (0 * inf).
+    live_u = mass_u * xp.where(mass_u > 0, cost_u, 0)
+    live_v = mass_v * xp.where(mass_v > 0, cost_v, 0)
+    w_pow = xp.sum(live_u, axis=-1) + xp.sum(live_v, axis=-1)
     if want == "value":
         return w_pow
     if want == "coupling":
@@ -509,7 +513,10 @@ def wasserstein_1d(
 
     Returns:
       [...] the distances ``W_p`` in the inputs' floating dtype, and the
-      coupling when ``return_coupling``.
+      coupling when ``return_coupling``. A sample holding ``inf`` or
+      ``-inf`` (with positive weight) gives ``inf``, as SciPy's
+      ``wasserstein_distance`` does; NaN only where two infinite atoms of the
+      same sign meet (``inf - inf``), as in SciPy.
 
     Raises:
       TypeError: non-numeric inputs or a non-number ``p``.
@@ -546,8 +553,14 @@ def wasserstein_1d(
         *(("a", w.shape[:-1]) for w in [a] if w is not None),
         *(("b", w.shape[:-1]) for w in [b] if w is not None),
     )
+    dtype = u.dtype
+    work = compute_dtype(dtype)
+    if work != dtype:  # half precision: computed in float32
+        u, v, a, b = cast((u, v, a, b), work)
     out = _wasserstein_1d_pow(u, v, a, b, p=p, coupling=return_coupling, sort=sort)
     if return_coupling:
         w_pow, plan = out
+        if work != dtype:
+            return _root(w_pow, p).astype(dtype), cast(plan, dtype)
         return _root(w_pow, p), plan
-    return _root(out, p)
+    return _root(out, p) if work == dtype else _root(out, p).astype(dtype)
