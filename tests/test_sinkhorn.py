@@ -136,6 +136,24 @@ def test_divergence_matches_ott(x64):
     assert float(out.divergence) > 0.1
 
 
+def test_transport_objective_matches_pot_divergence(x64):
+    # objective="transport": POT's empirical_sinkhorn_divergence (transport
+    # costs <P, C> of the three problems, clipped at 0), not the
+    # regularised costs of ott-jax and GeomLoss (the default).
+    x, y, a, b = _data()
+    kw = dict(a=a, b=b, epsilon=EPS, tol=TIGHT)
+    out = densax.ot.sinkhorn_divergence(x, y, objective="transport", **kw)
+    ref = pot.bregman.empirical_sinkhorn_divergence(
+        x, y, EPS, a=a, b=b, stopThr=1e-13, numIterMax=100_000
+    )
+    assert bool(out.converged)
+    np.testing.assert_allclose(out.divergence, ref, rtol=1e-9)
+    default = densax.ot.sinkhorn_divergence(x, y, **kw)
+    assert abs(float(default.divergence) - float(ref)) > 1e-3  # not the same
+    with pytest.raises(ValueError, match="objective"):
+        densax.ot.sinkhorn_divergence(x, y, objective="reg")
+
+
 def test_epsilon_to_zero_approaches_emd(x64):
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(10, D)), rng.normal(size=(10, D)) + 0.5

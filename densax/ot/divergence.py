@@ -25,7 +25,7 @@ from ott.geometry import costs, pointcloud
 
 from densax import _validate
 from densax.ot._config import SinkhornConfig, merge, resolve
-from densax.ot._geometry import gather, make_geom
+from densax.ot._geometry import gather, make_geom, plan_cost
 from densax.ot._half import cast, compute_dtype
 from densax.ot._implicit import potentials
 from densax.ot._solve import Problem, Schedule
@@ -44,7 +44,7 @@ __all__ = ["SinkhornDivergenceOutput", "sinkhorn_divergence", "wasserstein_entro
 class SinkhornDivergenceOutput(NamedTuple):
     """The debiased Sinkhorn divergence and the three problems behind it."""
 
-    divergence: jax.Array  # [] OT(a, b) - OT(a, a) / 2 - OT(b, b) / 2
+    divergence: jax.Array  # [] OT(a, b) - OT(a, a) / 2 - OT(b, b) / 2 (see objective)
     xy: SinkhornOutput  # the cross problem between (x, a) and (y, b)
     f_xx: jax.Array  # [n] symmetric potential of OT(a, a)
     g_yy: jax.Array  # [m] symmetric potential of OT(b, b)
@@ -55,11 +55,14 @@ class SinkhornDivergenceOutput(NamedTuple):
 # --------------------------------------------------------------------------
 
 
-def _self_cost(cfg, cost_fn, pts, w, eps, sched, threshold, axis_name, cost=None):
+def _self_cost(
+    cfg, cost_fn, pts, w, eps, sched, threshold, axis_name, cost=None, transport=False
+):
     """Entropic cost OT(w, w) and its symmetric potential.
 
     ``sched.covs``, if any, are the covariances of ``pts`` (twice). ``cost``:
-    the problem's ``[n, n]`` cost matrix instead of points.
+    the problem's ``[n, n]`` cost matrix instead of points. With
+    ``transport``, the transport cost ``<P, C>`` replaces the entropic one.
     """
     cfg = dataclasses.replace(cfg, axis_name=axis_name)
     cols = None if cost is not None else gather(pts, axis_name)
@@ -67,7 +70,11 @@ def _self_cost(cfg, cost_fn, pts, w, eps, sched, threshold, axis_name, cost=None
     prob = Problem(geom, cost_fn, w, w, eps)
     (f, _), aux = potentials(cfg, prob, sched, threshold, True)
     fd = lax.stop_gradient(f) if cfg.differentiation == "envelope" else f
-    cost = _dual_value(cfg, cost_fn, geom, fd, fd, w, w, eps, True, aux.mass)
+    if transport:
+        kw = dict(block_size=cfg.block_size, axis_name=axis_name)
+        cost = plan_cost(cost_fn, geom, f, gather(f, axis_name), eps, **kw)
+    else:
+        cost = _dual_value(cfg, cost_fn, geom, fd, fd, w, w, eps, True, aux.mass)
     return cost, f, aux.n_iter, aux.converged
 
 
@@ -77,8 +84,10 @@ def _self_fit(sched: Schedule, side: int) -> Schedule:
     return sched._replace(covs=covs, init=None)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "record"))
-def _divergence_core(x, y, costs3, a, b, epsilon, tol, cost_fn, cfg, record):
+@functools.partial(jax.jit, static_argnames=("cfg", "record", "objective"))
+def _divergence_core(
+    x, y, costs3, a, b, epsilon, tol, cost_fn, cfg, record, objective="regularized"
+):
     a = _normalise(a, cfg.axis_name)
     b = _normalise(b, None)
     c_xy, c_xx, c_yy = (None, None, None) if costs3 is None else costs3
@@ -87,13 +96,27 @@ def _divergence_core(x, y, costs3, a, b, epsilon, tol, cost_fn, cfg, record):
         cfg, cost_fn, x, y, a, b, epsilon, tol, c_xy, None, record
     )
     eps = xy.epsilon
+    transport = objective == "transport"
     cost_xx, f_xx, n_xx, conv_xx = _self_cost(
-        cfg, cost_fn, x, a, eps, _self_fit(sched, 0), tol, cfg.axis_name, c_xx
+        cfg,
+        cost_fn,
+        x,
+        a,
+        eps,
+        _self_fit(sched, 0),
+        tol,
+        cfg.axis_name,
+        c_xx,
+        transport,
     )
     cost_yy, g_yy, n_yy, conv_yy = _self_cost(
-        cfg, cost_fn, y, b, eps, _self_fit(sched, 1), tol, None, c_yy
+        cfg, cost_fn, y, b, eps, _self_fit(sched, 1), tol, None, c_yy, transport
     )
-    divergence = xy.reg_cost - 0.5 * (cost_xx + cost_yy)
+    if transport:  # POT's empirical_sinkhorn_divergence
+        divergence = xy.transport_cost - 0.5 * (cost_xx + cost_yy)
+        divergence = jnp.maximum(divergence, 0.0)
+    else:
+        divergence = xy.reg_cost - 0.5 * (cost_xx + cost_yy)
     return SinkhornDivergenceOutput(
         divergence=divergence,
         xy=xy,
@@ -119,6 +142,7 @@ def sinkhorn_divergence(
     epsilon: Any = None,
     cost_fn: costs.CostFn | None = None,
     tol: float = 1e-3,
+    objective: str = "regularized",
     config: SinkhornConfig | None = None,
     axis_name: Any = None,
     validate: bool = True,
@@ -136,11 +160,12 @@ def sinkhorn_divergence(
     weak convergence; it interpolates between ``W_2^2`` (``epsilon -> 0``) and
     an MMD (``epsilon -> inf``).
 
-    This combines the three *regularised* costs, as ott-jax's
+    By default this combines the three *regularised* costs, as ott-jax's
     ``sinkhorn_divergence`` and GeomLoss do. POT's
     ``empirical_sinkhorn_divergence`` combines the three *transport* costs
-    ``<P, C>`` instead and clips at 0, a different (not always positive
-    definite) quantity: the two differ by the entropic terms.
+    ``<P, C>`` instead and clips at 0 (``objective="transport"``), a different
+    quantity, without the guarantees above: the two differ by the entropic
+    terms.
 
     The default ``differentiation="envelope"`` makes ``jax.grad`` cost about
     one pass per problem: the path to use when training a generator on the
@@ -164,6 +189,11 @@ def sinkhorn_divergence(
       cost_fn: ott-jax cost function between points (default squared
         Euclidean).
       tol: L1 marginal error tolerance of each of the three problems.
+      objective: ``"regularized"`` (default): the entropic costs
+        ``reg_cost``; ``"transport"``: POT's variant,
+        ``max(<P_ab, C> - (<P_aa, C> + <P_bb, C>) / 2, 0)`` (one more pass
+        per self-problem; its gradient needs ``differentiation="implicit"``
+        or ``"unroll"``, as any transport cost's).
       config: a :class:`SinkhornConfig`, the options of all three problems
         (the self-problems need no relaxation; the Gaussian start of a
         self-problem is the entropic potential between a cloud's Gaussian
@@ -200,6 +230,7 @@ def sinkhorn_divergence(
       (64, 2)
     """
     config = merge(config, options)
+    _validate.check_choice(objective, "objective", ("regularized", "transport"))
     if isinstance(x, pointcloud.PointCloud):
         raise TypeError("sinkhorn_divergence takes arrays x, y, not a PointCloud")
     selfs = (cost_matrix_xx, cost_matrix_yy)
@@ -244,8 +275,11 @@ def sinkhorn_divergence(
     work = compute_dtype(dtype)
     if work != dtype:  # half precision: computed in float32
         args = cast((x, y, costs3, a, b, epsilon, tol), work)
-        return cast(_divergence_core(*args, cost_fn, cfg, record), dtype)
-    return _divergence_core(x, y, costs3, a, b, epsilon, tol, cost_fn, cfg, record)
+        return cast(_divergence_core(*args, cost_fn, cfg, record, objective), dtype)
+    args = (x, y, costs3, a, b, epsilon, tol, cost_fn, cfg, record)
+    if objective == "transport":
+        return _divergence_core(*args, objective)
+    return _divergence_core(*args)
 
 
 def _wasserstein_cost(p: float) -> costs.CostFn:
