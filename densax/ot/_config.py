@@ -169,6 +169,15 @@ class SinkhornConfig:
         frozen after convergence; memory ``O((n + m) max_iter)``), for
         comparison.
 
+    Fallback: the accelerations (the Gaussian or a warm start, annealing,
+    relaxation) change the path to the fixed point, not the point. Where an
+    accelerated path stalls (its error at ``epsilon`` falls by less than 2 %
+    in ``max(50, max_iter / 20)`` iterations, after ``min_iter``), the plain
+    iteration from the zero start takes the rest of the budget, inside the
+    same jitted program, and the result with the smaller error is returned;
+    ``SinkhornOutput.fallback`` says whether the plain path's was. Not with
+    ``min_iter == max_iter`` or ``differentiation="unroll"``.
+
     Raises:
       TypeError, ValueError: a field of the wrong type or value (named).
 
