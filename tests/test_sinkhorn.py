@@ -1175,6 +1175,20 @@ def test_unrolled_gradients_under_shard_map(mesh):
         out_specs=P("data"),
     )
     np.testing.assert_allclose(sharded(x, a), jax.grad(loss)(x, a), atol=2e-5)
+    # Default weights (a=None) are split like x: the zero start under
+    # shard_map (its f = eps log a) has the rows' sharding.
+    zero = lambda x, axis_name=None: (
+        densax.ot.sinkhorn(
+            x, y, epsilon=EPS, initializer="zero", axis_name=axis_name
+        ).reg_cost
+    )
+    value = jax.shard_map(
+        functools.partial(zero, axis_name="data"),
+        mesh=mesh,
+        in_specs=P("data"),
+        out_specs=P(),
+    )(x)
+    np.testing.assert_allclose(value, zero(x), rtol=1e-5)
 
 
 def test_half_precision_is_computed_in_float32():

@@ -293,7 +293,7 @@ def _check_inputs(
     if a is None:
         # Like the rows (ones_like): split as they are under shard_map.
         rows = x if cost_matrix is None else cost_matrix
-        a = jnp.ones_like(rows[:, 0], dtype)
+        a = jnp.ones_like(rows, dtype, shape=(n,))
     b = jnp.ones(m, dtype) if b is None else b
     a = _validate.check_weights(a, "a", (n,), dtype=dtype, validate=validate)
     b = _validate.check_weights(b, "b", (m,), dtype=dtype, validate=validate)
