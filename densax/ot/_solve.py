@@ -268,7 +268,7 @@ def solve_and_state(cfg, prob: Problem, sched, threshold, symmetric):
     if kern is not None and not symmetric:
         kw = dict(block_size=cfg.block_size, axis_name=cfg.axis_name)
         transport_cost = lax.cond(
-            kern.eps == eps,
+            (kern.eps == eps) & ~fallback,
             lambda: kernel_plan_cost(geom, kern, s.f_out, s.g, cfg.axis_name),
             lambda: plan_cost(cost_fn, geom, s.f_out, s.g, eps, **kw),
         )
@@ -294,10 +294,18 @@ def _fall_back(cfg, solve, sched, s, kern, threshold, eps):
     ``vmap`` the members that did not stall take no plain iteration.
 
     Returns ``(state, kernel, fallback)``, ``fallback`` whether the plain
-    path's state was kept.
+    path's state was kept (the kernel is then the first path's, stale).
     """
+    # No cached kernel either: the plain loop is a single while_loop (the
+    # fallback is compiled into every accelerated solve; this halves its
+    # size), and it runs only on stalled problems.
     plain = dataclasses.replace(
-        cfg, initializer="zero", epsilon_scaling=None, relaxation=1.0, stall=0
+        cfg,
+        initializer="zero",
+        epsilon_scaling=None,
+        relaxation=1.0,
+        stall=0,
+        kernel=0,
     )
     stalled = (s.k < cfg.max_iter) & ~_converged(s, threshold, eps)
     stalled = stalled & jnp.isfinite(s.err)
@@ -306,10 +314,10 @@ def _fall_back(cfg, solve, sched, s, kern, threshold, eps):
         s, kern = args
         # Members that did not stall start with no budget left (vmap).
         k0 = jnp.where(stalled, s.k, cfg.max_iter)
-        t, kern_t = solve(plain, sched._replace(covs=None, init=None), (k0, s.trace))
+        t, _ = solve(plain, sched._replace(covs=None, init=None), (k0, s.trace))
         better = t.err < s.err
         pick = lambda u, v: jax.tree.map(lambda p, q: jnp.where(better, p, q), u, v)
-        return pick(t, s), pick(kern_t, kern), better
+        return pick(t, s), kern, better
 
     def keep(args):
         return (*args, jnp.zeros((), bool))
