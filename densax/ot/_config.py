@@ -38,11 +38,12 @@ _AUTO_MIN_ROWS_SQEUCLIDEAN = 64
 # (128 MB in float32); "dense" and "kernel" always do, "online" never.
 _AUTO_KERNEL_ENTRIES = 1 << 25
 _UNLIMITED = 1 << 62
-# The stall window of an accelerated path: max_iter / 20 iterations, at
-# least 50 (see CoreConfig.stall). A path that gains less than 2 % in it
-# could not gain a decade within the budget.
-_STALL_MIN = 50
-_STALL_PARTS = 20
+# The stall window of an accelerated path: max_iter / 4 iterations, at
+# least 100 (see CoreConfig.stall). At tiny epsilon an accelerated path can
+# crawl for tens of iterations before it converges fast; a path that gains
+# less than 2 % in a quarter of the budget is not going to.
+_STALL_MIN = 100
+_STALL_PARTS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +173,7 @@ class SinkhornConfig:
     Fallback: the accelerations (the Gaussian or a warm start, annealing,
     relaxation) change the path to the fixed point, not the point. Where an
     accelerated path stalls (its error at ``epsilon`` falls by less than 2 %
-    in ``max(50, max_iter / 20)`` iterations, after ``min_iter``), the plain
+    in ``max(100, max_iter / 4)`` iterations, after ``min_iter``), the plain
     iteration from the zero start takes the rest of the budget, inside the
     same jitted program, and the result with the smaller error is returned;
     ``SinkhornOutput.fallback`` says whether the plain path's was. Not with
