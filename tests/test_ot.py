@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 from densax import ot
+from densax.ot import univariate
 
 # Sizes: SMALL runs the XLA path; LARGE (n + m >= 2048) runs the NumPy host
 # path on CPU with sort="auto". Few distinct shapes keep compilation short.
@@ -245,7 +246,7 @@ def test_shard_map_over_devices_matches_single_device(mesh, path):
 
 def test_no_retracing():
     u, v, a, b = (x.astype(np.float32) for x in _data(SMALL))
-    core = ot._wasserstein_1d_pow
+    core = univariate._wasserstein_1d_pow
     ot.wasserstein_1d(u, v, a=a, b=b)
     size = core._cache_size()
     ot.wasserstein_1d(u + 1, v, a=2 * a, b=b)
@@ -314,6 +315,27 @@ def test_nan_propagates_to_its_batch_element_only(path):
     assert np.all(np.isfinite(g[[0, 2]]))
     # Eagerly, NaN samples are not an error either (weights are checked).
     assert np.isnan(w1d(u[1], v[1], p=2))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # inf - inf, as SciPy
+def test_infinite_samples_give_inf_as_scipy(x64, path):
+    # A sample at +-inf: SciPy's wasserstein_distance is inf (NaN only for
+    # inf - inf). Empty intervals of the quantile merge at an infinite atom
+    # must add 0, not 0 * inf. One batch, one compilation per path.
+    inf = np.inf
+    u = np.array([[0.0, 1.0, inf], [0.0, 1.0, -inf], [-inf, 0.0, 0.5], [0.0, 1.0, 2.0]])
+    v = np.array([[0.0, 2.0], [0.0, 2.0], [0.0, 1.0], [0.0, inf]])
+    for p in (1, 2):
+        w = ot.wasserstein_1d(u, v, p=p, sort=path)
+        ref = [
+            scipy.stats.wasserstein_distance(ui, vi)
+            for ui, vi in zip(u, v, strict=True)
+        ]
+        assert np.all(np.isposinf(w)) and np.all(np.isposinf(ref))
+    both = ot.wasserstein_1d(np.array([0.0, inf]), np.array([1.0, inf]), sort=path)
+    assert np.isnan(both) and np.isnan(
+        scipy.stats.wasserstein_distance([0, inf], [1, inf])
+    )
 
 
 # ---------------------------------------------------------------------------

@@ -144,7 +144,7 @@ def home_module(modname: str, name: str, documented: set[str]) -> str:
     A class or function re-exported from another public module (say
     ``densax.generative.GANOptions`` from ``densax.generative.gans``) is
     documented once, on its defining module's page; one defined in a private
-    module (``densax.ot._sinkhorn``) is documented where it is re-exported.
+    module (``densax.ot._config``) is documented where it is re-exported.
     """
     obj = getattr(importlib.import_module(modname), name)
     if not (inspect.isclass(obj) or inspect.isfunction(obj)):
