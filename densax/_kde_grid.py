@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from densax import _binned
+from densax import _binned, _validate
 from densax._validate import (
     as_float,
     check_int,
@@ -103,6 +103,7 @@ def _check_model(model):
     return kde._check_model(model)
 
 
+@_validate.half_precision
 def grid_log_prob(
     model: Any,
     grid_size: Any = None,
@@ -195,6 +196,7 @@ def grid_log_prob(
     )
 
 
+@_validate.half_precision
 def interpolate(grid: Grid, x: Any) -> jax.Array:
     """A grid's log-density at arbitrary points, by multilinear interpolation.
 

@@ -121,6 +121,7 @@ class Row:
     option: tuple[str, Any] | None = None
     min_n: int = 1  # the fewest samples accepted (the "empty" check uses n=0)
     xfail: dict[str, str] = dataclasses.field(default_factory=dict)
+    jit: bool = True  # False: a host loop (streams), checked eagerly only
 
 
 ESTIMATOR = ("rank", "empty", "d0", "bool", "int", "half", "nan")
@@ -160,6 +161,26 @@ ROWS: dict[str, Row] = {
         ),
         checks=(*ESTIMATOR, *WEIGHTS, "key"),
         nan_jit=_not_converged,
+        option=("covariance_type", "nope"),
+        min_n=2,
+    ),
+    "gmm.fit_stream": Row(
+        lambda x, w, key, **kw: gmm.fit_stream(
+            key, [x if w is None else (x, w)], 2, **_opt(kw, covariance_type="diag")
+        ),
+        data="chunk",
+        checks=(*ESTIMATOR, *WEIGHTS, "key"),
+        jit=False,
+        option=("covariance_type", "nope"),
+        min_n=2,
+    ),
+    "gmm.fit_online": Row(
+        lambda x, w, key, **kw: gmm.fit_online(
+            key, [x if w is None else (x, w)], 2, **_opt(kw, covariance_type="diag")
+        ),
+        data="chunk",
+        checks=(*ESTIMATOR, *WEIGHTS, "key"),
+        jit=False,
         option=("covariance_type", "nope"),
         min_n=2,
     ),
@@ -249,6 +270,16 @@ ROWS: dict[str, Row] = {
         lambda x, w, key, **kw: kde.log_prob(_like(KDE, x), x, **kw),
         checks=("rank", "d0", "bool", "int", "half", "nan_value"),
         nan_jit=_nan_first_row_only,
+    ),
+    "kde.grid_log_prob": Row(
+        lambda x, w, key, **kw: kde.grid_log_prob(_like(KDE, x), 16, **kw),
+        checks=("half",),
+    ),
+    "kde.interpolate": Row(
+        lambda x, w, key, **kw: kde.interpolate(
+            kde.grid_log_prob(_like(KDE, x), 16), x, **kw
+        ),
+        checks=("rank", "bool", "int", "half"),
     ),
     "kde.loo_log_likelihood": Row(
         lambda x, w, key, **kw: kde.loo_log_likelihood(x, 0.7, sample_weight=w, **kw),
@@ -367,11 +398,6 @@ ROWS: dict[str, Row] = {
             key, x, _other(x), n_projections=4, **kw
         ),
         checks=("rank", "bool", "int", "half", "key", "nan"),
-        xfail={
-            "nan": "ot: fixed on wip-split",
-            "half": "ot: fixed on wip-split",
-            "key": "ot: fixed on wip-split",
-        },
     ),
     "ot.wasserstein_1d": Row(
         lambda x, w, key, **kw: ot.wasserstein_1d(
@@ -379,7 +405,6 @@ ROWS: dict[str, Row] = {
         ),
         data="u",
         checks=("bool", "int", "half", "nan"),
-        xfail={"nan": "ot: fixed on wip-split"},
     ),
     "ot.emd2": Row(
         lambda x, w, key, **kw: ot.emd2(x, _other(x), **kw),
@@ -497,7 +522,8 @@ def _jitted(row):
 def _eager_and_jit(row, x, w=None, key=KEY, **kw):
     """The call, eagerly and under jit (static errors: no compilation)."""
     yield lambda: row.call(x, w, key, **kw)
-    yield lambda: jax.jit(lambda x, w: row.call(x, w, key, **kw))(x, w)
+    if row.jit:
+        yield lambda: jax.jit(lambda x, w: row.call(x, w, key, **kw))(x, w)
 
 
 @pytest.mark.parametrize("row", _cases("rank"))
@@ -541,7 +567,8 @@ def test_half_precision_is_computed_in_float32(row):
     """float16 eagerly, bfloat16 under jit: results in the input's dtype."""
     x = _data(row)
     ref = row.call(x, None, KEY)
-    for dtype, jit in ((jnp.float16, False), (jnp.bfloat16, True)):
+    cases = ((jnp.float16, False), (jnp.bfloat16, True))
+    for dtype, jit in cases if row.jit else cases[:1]:
         half = x.astype(dtype)
         fn = (
             (lambda x: row.call(x, None, KEY))
@@ -738,9 +765,6 @@ def test_q_sample_refuses_out_of_range_timesteps():
         diffusion.q_sample(KEY, x0, jnp.array([0.5, 1.0]), schedule)
 
 
-OT_XFAIL = pytest.mark.xfail(strict=True, reason="ot: fixed on wip-split")
-
-
 def test_wasserstein_1d_with_an_infinite_sample_is_inf():
     assert (
         float(ot.wasserstein_1d(jnp.array([0.0, 1.0]), jnp.array([0.0, jnp.inf])))
@@ -748,7 +772,6 @@ def test_wasserstein_1d_with_an_infinite_sample_is_inf():
     )
 
 
-@OT_XFAIL
 def test_w2_float32_does_not_overflow():
     # W2 between 0 and 1e30 is 1e30, representable in float32; |x - y|^2 is not.
     got = ot.wasserstein_1d(jnp.array([0.0]), jnp.array([1e30]), p=2)

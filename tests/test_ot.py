@@ -313,8 +313,10 @@ def test_nan_propagates_to_its_batch_element_only(path):
     assert np.isnan(w[1]) and np.all(np.isfinite(w[[0, 2]]))
     g = np.asarray(jax.grad(lambda u: jnp.nansum(f(u)))(u))
     assert np.all(np.isfinite(g[[0, 2]]))
-    # Eagerly, NaN samples are not an error either (weights are checked).
-    assert np.isnan(w1d(u[1], v[1], p=2))
+    # Eagerly, a NaN sample is a value error; without validation, NaN.
+    with pytest.raises(ValueError, match="u contains NaN"):
+        w1d(u[1], v[1], p=2)
+    assert np.isnan(w1d(u[1], v[1], p=2, validate=False))
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # inf - inf, as SciPy

@@ -217,6 +217,8 @@ def _start(
     x0 = _validate.as_float(x0, "chunk", ndim=2)
     if x0.shape[0] < 1:
         raise ValueError(f"the first chunk must have rows, got shape {x0.shape}")
+    if x0.shape[1] < 1:
+        raise ValueError(f"chunk must have at least one feature, got shape {x0.shape}")
     rows, d = x0.shape
     dtype = x0.dtype
     reg_covar = _check_nonnegative(reg_covar, "reg_covar", dtype)
@@ -256,6 +258,7 @@ def _start(
 # ------------------------------------------------------------- batch EM
 
 
+@_validate.public(optional_key=True)
 def fit_stream(
     key: jax.Array,
     chunks: Iterable[Any] | Callable[[int], Any],
@@ -382,6 +385,7 @@ def fit_stream(
 # ------------------------------------------------------------- online EM
 
 
+@_validate.public(optional_key=True)
 def fit_online(
     key: jax.Array,
     chunks: Iterable[Any] | Callable[[int], Any],

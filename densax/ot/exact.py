@@ -272,6 +272,7 @@ def _emd_core(a, b, cost, *, max_iter, tol):
 # Public entry points.
 
 
+@_validate.half_precision
 def emd(
     x: Any = None,
     y: Any = None,
@@ -352,6 +353,7 @@ def _emd2_jvp(max_iter, tol, primals, tangents):
     return jnp.where(out.converged, out.cost, jnp.nan), tangent
 
 
+@_validate.half_precision
 def emd2(
     x: Any = None,
     y: Any = None,
@@ -409,6 +411,7 @@ def emd2(
     return _emd2_value(a, b, cost, max_iter, tol)
 
 
+@_validate.half_precision
 def assignment(
     x: Any = None,
     y: Any = None,
@@ -470,6 +473,7 @@ def _assignment_core(cost, *, max_iter, tol):
     return AssignmentOutput(perm, total, out.converged, out.gap)
 
 
+@_validate.half_precision
 def wasserstein_exact(
     x: Any,
     y: Any,

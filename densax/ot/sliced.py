@@ -69,6 +69,7 @@ def _sliced_core(theta, x, y, a, b, p, sort="auto"):
     return _root(jnp.mean(w_pow), p)
 
 
+@_validate.public(optional_key=True)
 def sliced_wasserstein(
     key: jax.Array | None,
     x: Any,
@@ -135,6 +136,9 @@ def sliced_wasserstein(
     _validate.check_ndim(y, "y", 2)
     _validate.check_same_last_dim(x, y, "x", "y")
     n, m = _check_samples(x, "x", -2), _check_samples(y, "y", -2)
+    for z, name in ((x, "x"), (y, "y")):
+        if validate and _validate.is_concrete(z):
+            _validate.value_check(True, ~jnp.any(jnp.isnan(z)), f"{name} contains NaN")
     a = _check_weights(arrays["a"], "a", n, "x", validate)
     b = _check_weights(arrays["b"], "b", m, "y", validate)
     for w, name in ((a, "a"), (b, "b")):

@@ -545,6 +545,9 @@ def wasserstein_1d(
     arrays = _as_floats(u=u, v=v, a=a, b=b)
     u, v = arrays["u"], arrays["v"]
     n, m = _check_samples(u, "u", -1), _check_samples(v, "v", -1)
+    for x, name in ((u, "u"), (v, "v")):  # inf is allowed: W_p is then inf
+        if validate and _validate.is_concrete(x):
+            _validate.value_check(True, ~jnp.any(jnp.isnan(x)), f"{name} contains NaN")
     a = _check_weights(arrays["a"], "a", n, "u", validate)
     b = _check_weights(arrays["b"], "b", m, "v", validate)
     _broadcast_batch(
@@ -557,10 +560,27 @@ def wasserstein_1d(
     work = compute_dtype(dtype)
     if work != dtype:  # half precision: computed in float32
         u, v, a, b = cast((u, v, a, b), work)
+    scale = _power_of_two_scale(u, v) if p > 1 else None
+    if scale is not None:  # W_p^p may overflow where W_p does not
+        u, v = u / scale, v / scale  # exact: a power of two
     out = _wasserstein_1d_pow(u, v, a, b, p=p, coupling=return_coupling, sort=sort)
-    if return_coupling:
-        w_pow, plan = out
-        if work != dtype:
-            return _root(w_pow, p).astype(dtype), cast(plan, dtype)
-        return _root(w_pow, p), plan
-    return _root(out, p) if work == dtype else _root(out, p).astype(dtype)
+    w_pow, plan = out if return_coupling else (out, None)
+    w = _root(w_pow, p) if scale is None else _root(w_pow, p) * scale[..., 0]
+    if work != dtype:
+        w, plan = w.astype(dtype), cast(plan, dtype)
+    return (w, plan) if return_coupling else w
+
+
+def _power_of_two_scale(u: jax.Array, v: jax.Array) -> jax.Array:
+    """Per problem [*batch, 1]: a power of two >= the largest finite |u|, |v|.
+
+    Dividing by it is exact (no rounding) and keeps ``|u_i - v_j|^p`` finite
+    wherever ``W_p`` itself is representable (float32: W_2 up to ~1e38).
+    """
+    big = jnp.maximum(_finite_abs_max(u), _finite_abs_max(v))
+    scale = jnp.exp2(jnp.ceil(jnp.log2(jnp.where(big > 0, big, 1))))
+    return jax.lax.stop_gradient(scale).astype(u.dtype)
+
+
+def _finite_abs_max(x: jax.Array) -> jax.Array:
+    return jnp.max(jnp.where(jnp.isfinite(x), jnp.abs(x), 0), axis=-1, keepdims=True)
