@@ -39,7 +39,7 @@ from flax import nnx
 from jax import lax
 
 from densax import _validate
-from densax.generative.image_nets import image_shape_of
+from densax.generative.image_nets import Conv, image_shape_of
 from densax.generative.models import check_widths
 
 __all__ = [
@@ -103,7 +103,14 @@ class Classifier(nnx.Module):
         ins = (shape[2], *widths[:-1])
         self.convs = nnx.List(
             [
-                nnx.Conv(a, b, (3, 3), strides=1 if i == 0 else 2, **kw, rngs=rngs)
+                Conv(
+                    a,
+                    b,
+                    3,
+                    strides=1 if i == 0 else 2,
+                    param_dtype=param_dtype,
+                    rngs=rngs,
+                )
                 for i, (a, b) in enumerate(zip(ins, widths, strict=True))
             ]
         )
