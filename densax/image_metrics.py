@@ -131,8 +131,10 @@ class Classifier(nnx.Module):
         return self.out(self.features(x))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "tx", "num_steps", "batch"))
-def _fit(params, key, images, labels, *, graphdef, tx, num_steps, batch):
+@functools.partial(jax.jit, static_argnames=("graphdef", "num_steps", "batch"))
+def _fit(params, key, images, labels, learning_rate, *, graphdef, num_steps, batch):
+    tx = optax.adam(learning_rate)  # traced rate: no recompilation per value
+
     def loss(p, x, y):
         logits = nnx.merge(graphdef, p)(x)
         return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
@@ -220,8 +222,8 @@ def train_classifier(
         k_fit,
         images,
         labels,
+        jnp.asarray(learning_rate, images.dtype),
         graphdef=graphdef,
-        tx=optax.adam(learning_rate),
         num_steps=num_steps,
         batch=batch_size,
     )
@@ -238,8 +240,20 @@ def classifier_accuracy(classifier: Classifier, images: Any, labels: Any) -> jax
       1.0
     """
     images = _validate.as_float(images, "images", ndim=2)
-    predicted = jnp.argmax(classifier(images), axis=-1)
+    predicted = jnp.argmax(_apply(classifier, images, "logits"), axis=-1)
     return jnp.mean(predicted == jnp.asarray(labels))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "what"))
+def _apply_core(graphdef, params, x, what):
+    net = nnx.merge(graphdef, params)
+    return net(x) if what == "logits" else net.features(x)
+
+
+def _apply(classifier: Classifier, x: jax.Array, what: str) -> jax.Array:
+    """``classifier``'s logits or features of ``x``, in one compiled call."""
+    graphdef, state = nnx.split(classifier, nnx.Param)
+    return _apply_core(graphdef, nnx.to_pure_dict(state), x, what)
 
 
 def _moments(x):
@@ -319,7 +333,9 @@ def fid(classifier: Classifier, x: Any, y: Any) -> jax.Array:
     """
     x = _validate.as_float(x, "x", ndim=2)
     y = _validate.as_float(y, "y", ndim=2, dtype=x.dtype)
-    return frechet_distance(classifier.features(x), classifier.features(y))
+    return frechet_distance(
+        _apply(classifier, x, "features"), _apply(classifier, y, "features")
+    )
 
 
 class ClassCoverage(NamedTuple):

@@ -25,14 +25,10 @@ from densax.generative.image_nets import (
     image_shape_of,
 )
 
-UNET = dict(method="ddpm", network="unet", channels=(4, 8), num_timesteps=10)
-DCGAN = dict(
-    method="wgan-gp",
-    network="dcgan",
-    channels=(8, 4),
-    latent_dim=4,
-    n_critic=2,
-)
+# One resolution and one up/down-sampling layer in the training runs (the
+# two-resolution U-Net is checked in test_network_shapes_dtypes_under_jit).
+UNET = dict(method="ddpm", network="unet", channels=(4,), num_timesteps=10)
+DCGAN = dict(method="wgan-gp", network="dcgan", channels=(4,), latent_dim=4, n_critic=2)
 TINY = dict(batch_size=8, chunk_size=1, eval_size=0)
 
 
@@ -53,7 +49,7 @@ def digits():
 # -- networks ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("k, stride", [(3, 1), (3, 2), (4, 2), (1, 1)])
+@pytest.mark.parametrize("k, stride", [(3, 1), (4, 2)])
 def test_conv_equals_lax_conv(k, stride):
     conv = Conv(3, 5, k, strides=stride, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (2, 8, 6, 3))
@@ -67,30 +63,35 @@ def test_conv_equals_lax_conv(k, stride):
     np.testing.assert_allclose(conv(x), expected, rtol=1e-5, atol=1e-5)
 
 
-@nnx.jit
-def _forward(unet, gen, critic, x, t, z):
-    images = gen(z)
-    # Row by row (no batch statistics): each row alone gives the same output.
-    alone = jax.vmap(lambda xi, ti: unet(xi[None], ti[None])[0])(x, t)
-    return unet(x, t), alone, images, critic(images)
-
-
 def test_network_shapes_dtypes_under_jit(x64):
-    for dtype in (jnp.float32, jnp.float64):
-        rngs = nnx.Rngs(0)
-        unet = UNet(64, channels=(4, 8), param_dtype=dtype, rngs=rngs)
-        gen = DCGANGenerator(4, 64, channels=(8, 4), param_dtype=dtype, rngs=rngs)
-        critic = DCGANCritic(64, channels=(4, 8), param_dtype=dtype, rngs=rngs)
-        # The output convolution starts at zero: perturb it to see the rows.
-        unet.conv_out.kernel[...] = 0.1 * jnp.ones_like(unet.conv_out.kernel[...])
-        x = jax.random.normal(jax.random.key(2), (3, 64), dtype)
-        z = jax.random.normal(jax.random.key(3), (3, 4), dtype)
-        eps, alone, images, scores = _forward(unet, gen, critic, x, jnp.arange(3), z)
-        assert eps.shape == (3, 64) and eps.dtype == dtype
-        np.testing.assert_allclose(alone, eps, rtol=1e-5, atol=1e-6)
-        assert images.shape == (3, 64) and images.dtype == dtype
-        assert bool(jnp.all(jnp.abs(images) < 1))
-        assert scores.shape == (3, 1) and scores.dtype == dtype
+    # float64 here (dtype follows the parameters); float32 in the runs below.
+    rngs = nnx.Rngs(0)
+    unet = UNet(64, channels=(4, 8), param_dtype=jnp.float64, rngs=rngs)
+    gen = DCGANGenerator(4, 64, channels=(4,), param_dtype=jnp.float64, rngs=rngs)
+    critic = DCGANCritic(64, channels=(4,), param_dtype=jnp.float64, rngs=rngs)
+    # The output convolution starts at zero: an untrained U-Net predicts 0.
+    assert not unet.conv_out.kernel[...].any()
+    unet.conv_out.kernel[...] = jnp.full_like(unet.conv_out.kernel[...], 0.1)
+
+    @nnx.jit
+    def forward(unet, gen, critic, x, t, z):
+        images = gen(z)
+        return unet(x, t), images, critic(images)
+
+    x = jax.random.normal(jax.random.key(2), (3, 64), jnp.float64)
+    z = jax.random.normal(jax.random.key(3), (3, 4), jnp.float64)
+    eps, images, scores = forward(unet, gen, critic, x, jnp.arange(3), z)
+    assert eps.shape == images.shape == (3, 64) and scores.shape == (3, 1)
+    assert eps.dtype == images.dtype == scores.dtype == jnp.float64
+    assert bool(jnp.all(jnp.abs(images) < 1))
+    # Row by row (no batch statistics): changing one row changes only its own
+    # outputs (same shapes: no new compilation).
+    eps2, images2, scores2 = forward(
+        unet, gen, critic, x.at[2].set(0.0), jnp.arange(3), z.at[2].set(0.0)
+    )
+    for a, b in ((eps, eps2), (images, images2), (scores, scores2)):
+        np.testing.assert_array_equal(a[:2], b[:2])
+        assert not np.allclose(a[2], b[2])
 
 
 def test_image_shapes_checked():
@@ -125,7 +126,8 @@ def unet_run(digits):
 
 def test_ddpm_unet_trains_and_samples(unet_run):
     assert unet_run.finite and int(unet_run.state.step) == 2
-    assert unet_run.history.losses["denoiser"].shape == (2,)
+    losses = unet_run.history.losses["denoiser"]
+    assert losses.shape == (2,) and losses.dtype == np.float32
     assert isinstance(unet_run.generator, UNet)
     x = sample(jax.random.key(3), unet_run, 5)
     assert x.shape == (5, 64) and bool(jnp.all(jnp.isfinite(x)))
@@ -163,18 +165,6 @@ def test_ddpm_unet_resume_is_bit_identical(unet_run, digits, tmp_path):
     assert _equal(resumed.state, unet_run.state)
     state, _, meta = checkpoint.load(path, unet_run.state)
     assert _equal(state, unet_run.state) and meta["options"]["network"] == "unet"
-
-
-def test_ddpm_unet_sharded_equals_single_device(unet_run, digits, mesh):
-    sharded = train(
-        jax.random.key(1), digits[0].images, num_steps=2, mesh=mesh, **UNET, **TINY
-    )
-    for a, b in zip(
-        jax.tree.leaves(sharded.state.params),
-        jax.tree.leaves(unet_run.state.params),
-        strict=True,
-    ):
-        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_wgan_gp_dcgan_trains_and_samples(digits):
@@ -295,7 +285,9 @@ def test_fid_machinery(classifier, digits):
     floor = float(im.fid(classifier, train_set.images[:450], x))
     blurred = 0.5 * x + 0.5 * jnp.mean(x, axis=0)
     assert 0 < floor < float(im.fid(classifier, blurred, x))
-    cov = im.class_coverage(jnp.argmax(classifier(x), -1))
+    cov = im.class_coverage(
+        nnx.jit(lambda net, x: jnp.argmax(net(x), -1))(classifier, x)
+    )
     assert cov.counts.sum() == x.shape[0]
 
 

@@ -30,12 +30,14 @@ MODULES = (
     "cluster",
     "datasets",
     "metrics",
+    "image_metrics",
     "generative",
     "generative.losses",
     "generative.diffusion",
     "generative.flows",
     "generative.checkpoint",
     "generative.models",
+    "generative.image_nets",
 )
 
 
