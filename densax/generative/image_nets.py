@@ -240,7 +240,7 @@ class UNet(nnx.Module):
       rngs: ``nnx.Rngs`` for the initialisation.
 
     Example:
-      >>> unet = UNet(64, channels=(8, 16), rngs=nnx.Rngs(0))
+      >>> unet = UNet(64, channels=(4,), rngs=nnx.Rngs(0))
       >>> unet(jnp.zeros((3, 64)), jnp.arange(3)).shape
       (3, 64)
     """
@@ -340,8 +340,8 @@ class DCGANGenerator(nnx.Module):
       rngs: ``nnx.Rngs`` for the initialisation.
 
     Example:
-      >>> g = DCGANGenerator(16, 64, channels=(16, 8), rngs=nnx.Rngs(0))
-      >>> g(jnp.zeros((3, 16))).shape
+      >>> g = DCGANGenerator(4, 64, channels=(4,), rngs=nnx.Rngs(0))
+      >>> g(jnp.zeros((3, 4))).shape
       (3, 64)
     """
 
@@ -401,7 +401,7 @@ class DCGANCritic(nnx.Module):
       rngs: ``nnx.Rngs`` for the initialisation.
 
     Example:
-      >>> c = DCGANCritic(64, channels=(8, 16), rngs=nnx.Rngs(0))
+      >>> c = DCGANCritic(64, channels=(4,), rngs=nnx.Rngs(0))
       >>> c(jnp.zeros((3, 64))).shape
       (3, 1)
     """
