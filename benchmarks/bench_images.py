@@ -35,7 +35,8 @@ of the samples, by the classifier's prediction). Targets: DDPM FID <= 3 x
 floor with 10/10 classes; WGAN-GP 10/10 classes.
 
 Writes ``results/<device>/images.json`` and ``.md`` and sample grids
-``images_<model>.png`` (10 x 10). The classifier's weights are cached in
+``samples/images_<model>.png`` (10 x 10; in a subfolder, apart from the
+topic plots of the benchmark pages). The classifier's weights are cached in
 ``~/.cache/densax/`` (optional: recomputed in 20 s without it).
 ``--quick``: a few steps per model, small sampling, no cache write.
 
@@ -198,7 +199,7 @@ def main():
     args = parse_args(__doc__.split("\n\n")[0], rest)
     quick, only, budget = args.quick, set(mine.only), mine.budget_s
     out = args.out or (RESULTS_DIR / device_tag() / ("quick" if quick else ""))
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "samples").mkdir(parents=True, exist_ok=True)
     train_set, test_set = datasets.digits("train"), datasets.digits("test")
     n = test_set.images.shape[0]
 
@@ -207,7 +208,7 @@ def main():
     floor = fid_floor(net, train_set, test_set, 2 if quick else 5)
     real_cov = im.class_coverage(jnp.argmax(net(test_set.images), -1), 10)
     print(f"classifier ({how}): test accuracy {accuracy:.4f}; FID floor {floor:.3f}")
-    grid(out / "images_real.png", test_set.images, "real (test split)")
+    grid(out / "samples" / "images_real.png", test_set.images, "real (test split)")
     records = [
         record(
             "digits 8x8",
@@ -231,7 +232,11 @@ def main():
         draws = [draw(jax.random.key(10 + i)) for i in range(2)]
         sample_s = (time.perf_counter() - t0) / 2
         fid, classes, counts = score_samples(net, draws, test_set)
-        grid(out / "images_ddpm.png", draws[0], "DDPM (U-Net), DDIM 100 steps")
+        grid(
+            out / "samples" / "images_ddpm.png",
+            draws[0],
+            "DDPM (U-Net), DDIM 100 steps",
+        )
         records.append(
             record(
                 "digits 8x8",
@@ -263,7 +268,7 @@ def main():
         )
         draws = [sample(jax.random.key(20 + i), result, draws_n) for i in range(2)]
         fid, classes, counts = score_samples(net, draws, test_set)
-        grid(out / "images_wgan.png", draws[0], "WGAN-GP (DCGAN)")
+        grid(out / "samples" / "images_wgan.png", draws[0], "WGAN-GP (DCGAN)")
         records.append(
             record(
                 "digits 8x8",
@@ -303,7 +308,7 @@ def main():
         model = density(result)
         flow_bpd = float(im.bits_per_dim(jnp.mean(model.log_prob(y)), 64, w))
         grid(
-            out / "images_flow.png",
+            out / "samples" / "images_flow.png",
             jnp.clip(model.sample(jax.random.key(5), 100), -1, 1),
             "flow (spline couplings)",
         )
