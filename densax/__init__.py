@@ -9,7 +9,7 @@ Every topic lives in its own small module, imported on first use::
 
 Modules: ``density`` (the contract every density model follows),
 ``gaussian``, ``gmm``, ``kde``, ``divergences``, ``ot``, ``datasets``,
-``metrics`` and the ``generative`` package.
+``metrics``, ``image_metrics`` and the ``generative`` package.
 """
 
 import importlib
@@ -24,6 +24,7 @@ _SUBMODULES = (
     "gaussian",
     "generative",
     "gmm",
+    "image_metrics",
     "kde",
     "metrics",
     "ot",

@@ -13,6 +13,7 @@ which the mode-coverage metrics of :mod:`densax.metrics` need.
 ``two_moons``              scikit-learn's two interleaving half circles
 ``rings``                  4 concentric noisy circles
 ``regime_series``          1D series from a hidden Markov chain of regimes
+``digits``                 scikit-learn's 8 x 8 handwritten digits (real data)
 =========================  ==============================================
 
 All functions take ``dtype=None`` (JAX's default float: float32, or float64
@@ -37,8 +38,10 @@ import numpy as np
 from densax import _validate
 
 __all__ = [
+    "Digits",
     "Modes",
     "RegimeSeries",
+    "digits",
     "eight_gaussians",
     "eight_gaussians_modes",
     "regime_series",
@@ -55,6 +58,15 @@ class Modes(NamedTuple):
 
     centres: jax.Array  # [K, 2] mode centres, float
     std: float  # the common per-coordinate standard deviation of every mode
+
+
+class Digits(NamedTuple):
+    """Images flattened to rows, with their labels and layout."""
+
+    images: jax.Array  # [n, H * W] float pixels in [-1, 1], row-major (H, W)
+    labels: jax.Array  # [n] int32 digit class, in [0, 10)
+    image_shape: tuple  # (H, W, 1), static
+    bin_width: float  # spacing of the 17 grey levels (1/8; 1/8 after resizing)
 
 
 class RegimeSeries(NamedTuple):
@@ -409,3 +421,92 @@ def regime_series(
         jnp.asarray(means, dtype)[regimes] + jnp.asarray(stds, dtype)[regimes] * noise
     )
     return RegimeSeries(values, regimes)
+
+
+def digits(
+    split: str = "train",
+    *,
+    size: int = 8,
+    resize: str = "pad",
+    test_fraction: float = 0.25,
+    seed: int = 0,
+    dtype: Any = None,
+) -> Digits:
+    """scikit-learn's handwritten digits (1,797 greyscale 8 x 8 images), in [-1, 1].
+
+    The pixels' 17 grey levels ``v = 0..16`` map to ``v / 8 - 1``: background
+    -1, ink up to 1, levels ``bin_width = 1/8`` apart. A continuous density
+    model needs the levels dequantised (add ``U(-bin_width / 2, bin_width /
+    2)`` noise); its held-out log-density then converts to bits per
+    dimension of the discrete data with
+    :func:`densax.image_metrics.bits_per_dim`.
+
+    The train/test split is a fixed permutation (NumPy's generator seeded by
+    ``seed``), stratified by class, so every call returns the same images.
+
+    Args:
+      split: ``"train"``, ``"test"`` or ``"all"`` (the file's order).
+      size: image side, ``8`` or a power of two above: ``16``, ``32``...
+      resize: how to reach ``size``: ``"pad"`` (background border around the
+        centred digit) or ``"upsample"`` (nearest-neighbour, each pixel
+        repeated ``size / 8`` times per axis; the grey levels are unchanged).
+      test_fraction: share of each class held out as the test split.
+      seed: seed of the split.
+      dtype: floating dtype of ``images`` (default: JAX's default float).
+
+    Returns:
+      A :class:`Digits`: ``images [n, size * size]``, ``labels [n]``.
+
+    Raises:
+      ImportError: scikit-learn is not installed (it ships the data; install
+        ``densax[test]`` or ``densax[bench]``, or ``scikit-learn``).
+      ValueError: a bad ``split``, ``size``, ``resize`` or ``test_fraction``.
+
+    References:
+      Alpaydin and Kaynak, *Optical Recognition of Handwritten Digits*, UCI
+      Machine Learning Repository, 1998 (``sklearn.datasets.load_digits``).
+
+    Example:
+      >>> d = digits("train")
+      >>> d.images.shape, d.labels.shape, float(d.images.min()), float(d.images.max())
+      ((1347, 64), (1347,), -1.0, 1.0)
+      >>> digits("test", size=16).images.shape
+      (450, 256)
+    """
+    _validate.check_choice(split, "split", ("train", "test", "all"))
+    _validate.check_choice(resize, "resize", ("pad", "upsample"))
+    size = _validate.check_int(size, "size", minimum=8)
+    if size & (size - 1):
+        raise ValueError(f"size must be 8 or a larger power of two, got {size}")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    dtype = _float_dtype(dtype)
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "densax.datasets.digits needs scikit-learn, which ships the data: "
+            "pip install 'densax[test]' (or scikit-learn)"
+        ) from err
+    raw = load_digits()
+    values = np.asarray(raw.images, np.float64)  # [1797, 8, 8], levels 0..16
+    labels = np.asarray(raw.target, np.int32)
+    if split != "all":
+        rng = np.random.default_rng(seed)
+        test = np.zeros(labels.shape[0], bool)
+        for c in range(10):
+            members = rng.permutation(np.flatnonzero(labels == c))
+            test[members[: round(test_fraction * members.size)]] = True
+        keep = np.flatnonzero(test if split == "test" else ~test)
+        values, labels = values[keep], labels[keep]
+    pixels = values / 8.0 - 1.0
+    if size > 8 and resize == "pad":
+        border = (size - 8) // 2
+        pixels = np.pad(
+            pixels, ((0, 0), (border, border), (border, border)), constant_values=-1
+        )
+    elif size > 8:
+        factor = size // 8
+        pixels = pixels.repeat(factor, axis=1).repeat(factor, axis=2)
+    images = jnp.asarray(pixels.reshape(pixels.shape[0], -1), dtype)
+    return Digits(images, jnp.asarray(labels), (size, size, 1), 1.0 / 8.0)

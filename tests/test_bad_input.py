@@ -34,6 +34,7 @@ from densax import (
     divergences,
     gaussian,
     gmm,
+    image_metrics,
     kde,
     metrics,
     ot,
@@ -271,6 +272,10 @@ ROWS: dict[str, Row] = {
         checks=("rank", "d0", "bool", "int", "half", "nan_value"),
         nan_jit=_nan_first_row_only,
     ),
+    "image_metrics.frechet_distance": Row(
+        lambda x, w, key, **kw: image_metrics.frechet_distance(x, _other(x), **kw),
+        checks=("rank", "bool", "int", "half"),
+    ),
     "kde.grid_log_prob": Row(
         lambda x, w, key, **kw: kde.grid_log_prob(_like(KDE, x), 16, **kw),
         checks=("half",),
@@ -451,6 +456,13 @@ EXCLUDED = {
     "generative.density": "takes a TrainResult; tested in test_flows.py",
     "cluster.quantize": "takes a density model; its k and key checks are "
     "the kmeans ones (tested in test_cluster.py)",
+    "datasets.digits": "no data argument (options checked in test_images.py)",
+    "image_metrics.train_classifier": "a training loop over images and labels; "
+    "tested in test_images.py",
+    "image_metrics.classifier_accuracy": "takes a trained Classifier",
+    "image_metrics.fid": "takes a trained Classifier; its core is frechet_distance",
+    "image_metrics.class_coverage": "takes integer labels, not data",
+    "image_metrics.bits_per_dim": "takes log-densities, not data",
 }
 # Whole modules whose bad inputs are tested by their own tables: the OT
 # package (tests/test_ot_api.py, a table over densax.ot's functions, owned by
@@ -466,6 +478,7 @@ EXCLUDED_MODULES = {
     "generative.method": "building blocks of train",
     "generative.models": "building blocks of train",
     "generative.training": "train and sample: see EXCLUDED",
+    "generative.image_nets": "building blocks of train (test_images.py)",
 }
 
 

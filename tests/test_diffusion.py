@@ -230,8 +230,12 @@ def test_sampler_trajectory(key):
 def test_sampler_shapes_dtype_determinism_and_vmap(key, x64):
     schedule = diffusion.linear_schedule(50, dtype=jnp.float64)
     denoise = _optimal_denoiser(schedule)
-    a = diffusion.ddpm_sample(key, denoise, schedule, 7, 2, dtype=jnp.float64)
-    b = diffusion.ddpm_sample(key, denoise, schedule, 7, 2, dtype=jnp.float64)
+    # One compiled sampler called twice (an eager call would trace and compile
+    # the scan again).
+    draw = jax.jit(
+        lambda k: diffusion.ddpm_sample(k, denoise, schedule, 7, 2, dtype=jnp.float64)
+    )
+    a, b = draw(key), draw(key)
     assert a.shape == (7, 2) and a.dtype == jnp.float64
     np.testing.assert_array_equal(a, b)
     keys = jax.random.split(key, 3)
@@ -253,11 +257,16 @@ def test_sampler_shapes_dtype_determinism_and_vmap(key, x64):
 def test_ddim_is_deterministic_given_the_starting_noise(key):
     schedule = diffusion.linear_schedule(100)
     denoise = _optimal_denoiser(schedule)
-    a = diffusion.ddim_sample(key, denoise, schedule, 5, 2, num_steps=20)
-    b = diffusion.ddim_sample(key, denoise, schedule, 5, 2, num_steps=20)
+    draw = jax.jit(
+        lambda k, eta: diffusion.ddim_sample(
+            k, denoise, schedule, 5, 2, num_steps=20, eta=eta
+        ),
+        static_argnums=1,
+    )
+    a, b = draw(key, 0.0), draw(key, 0.0)
     np.testing.assert_array_equal(a, b)
     # eta=0 uses no noise after x_T: eta=1 (ancestral) differs.
-    c = diffusion.ddim_sample(key, denoise, schedule, 5, 2, num_steps=20, eta=1.0)
+    c = draw(key, 1.0)
     assert not np.allclose(a, c)
 
 
@@ -296,7 +305,7 @@ def ddpm_run(moons):
         moons,
         method="ddpm",
         num_steps=600,
-        chunk_size=100,
+        chunk_size=200,
         batch_size=128,
         eval_size=256,
         hidden=(64, 64),
@@ -308,7 +317,7 @@ def ddpm_run(moons):
 def test_ddpm_short_run_improves_the_metric(ddpm_run, moons):
     assert ddpm_run.finite
     assert set(ddpm_run.history.losses) == {"denoiser"}
-    assert ddpm_run.history.sw2.shape == (6,)
+    assert ddpm_run.history.sw2.shape == (3,)
     losses = ddpm_run.history.losses["denoiser"]
     assert losses[-100:].mean() < losses[:100].mean()
     # SW2 to held-out data: the trained model against the same network untrained.

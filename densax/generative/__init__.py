@@ -6,7 +6,10 @@ One entry point trains every method, one draws samples::
     samples = densax.generative.sample(key, result, 1000)
 
 Modules: :mod:`~densax.generative.models` (MLP generator/critic, diffusion
-denoiser), :mod:`~densax.generative.losses` (pure GAN, WGAN and OT losses),
+denoiser), :mod:`~densax.generative.image_nets` (convolutional networks for
+images: a U-Net denoiser, a DCGAN generator and critic, selected by
+``network="unet"`` / ``network="dcgan"``), :mod:`~densax.generative.losses`
+(pure GAN, WGAN and OT losses),
 :mod:`~densax.generative.gans` (the GAN-family methods and their options),
 :mod:`~densax.generative.diffusion` (DDPM: schedules, samplers, ELBO, ODE
 likelihood), :mod:`~densax.generative.flows` (normalizing flows: bijectors, a
@@ -21,6 +24,7 @@ from densax.generative import (
     diffusion,
     flows,
     gans,
+    image_nets,
     losses,
     method,
     models,
@@ -36,6 +40,7 @@ from densax.generative.gans import (
     WGANClipOptions,
     WGANGPOptions,
 )
+from densax.generative.image_nets import DCGANCritic, DCGANGenerator, UNet
 from densax.generative.method import Method, StepContext
 from densax.generative.models import MLP, Denoiser
 from densax.generative.training import (
@@ -51,6 +56,8 @@ from densax.generative.training import (
 __all__ = [
     "METHODS",
     "MLP",
+    "DCGANCritic",
+    "DCGANGenerator",
     "DDPMOptions",
     "Denoiser",
     "Flow",
@@ -66,6 +73,7 @@ __all__ = [
     "StepContext",
     "TrainResult",
     "TrainState",
+    "UNet",
     "WGANClipOptions",
     "WGANGPOptions",
     "checkpoint",
@@ -73,6 +81,7 @@ __all__ = [
     "diffusion",
     "flows",
     "gans",
+    "image_nets",
     "losses",
     "method",
     "models",

@@ -53,6 +53,7 @@ import optax
 from jax import lax
 
 from densax import _validate
+from densax.generative.image_nets import UNet
 from densax.generative.losses import batch_mean
 from densax.generative.method import Method, StepContext, adam
 from densax.generative.models import Denoiser, check_widths, get_activation
@@ -684,6 +685,12 @@ class DDPMOptions:
       b1: Adam's first-moment decay.
       b2: Adam's second-moment decay.
       optimizer: an Optax optimiser replacing Adam.
+      network: the denoiser, ``"mlp"`` (a
+        :class:`~densax.generative.models.Denoiser` of widths ``hidden``) or
+        ``"unet"`` (a :class:`~densax.generative.image_nets.UNet` of
+        ``channels``, for images flattened to rows).
+      channels: the U-Net's widths per resolution.
+      image_shape: the U-Net's ``(H, W[, C])``; default square greyscale.
     """
 
     hidden: tuple[int, ...] = (128, 128, 128)
@@ -696,11 +703,18 @@ class DDPMOptions:
     b1: float = 0.9
     b2: float = 0.999
     optimizer: optax.GradientTransformation | None = None
+    network: str = "mlp"
+    channels: tuple[int, ...] = (32, 64)
+    image_shape: tuple[int, ...] | None = None
 
     def __post_init__(self):
         """Normalises ``hidden`` and checks the values."""
         object.__setattr__(self, "hidden", check_widths(self.hidden))
+        object.__setattr__(self, "channels", check_widths(self.channels))
+        if self.image_shape is not None:
+            object.__setattr__(self, "image_shape", tuple(self.image_shape))
         get_activation(self.activation)
+        _validate.check_choice(self.network, "network", ("mlp", "unet"))
         _validate.check_choice(self.schedule, "schedule", ("linear", "cosine"))
         _validate.check_choice(self.lr_schedule, "lr_schedule", ("cosine", "constant"))
         _validate.check_int(self.num_timesteps, "num_timesteps", minimum=2)
@@ -719,6 +733,16 @@ def schedule_of(options: DDPMOptions, dtype: Any = None) -> Schedule:
 
 
 def _networks(options, features, dtype, rngs):
+    if options.network == "unet":
+        unet = UNet(
+            features,
+            channels=options.channels,
+            image_shape=options.image_shape,
+            time_features=options.time_features,
+            param_dtype=dtype,
+            rngs=rngs,
+        )
+        return {"denoiser": unet}
     net = Denoiser(
         features,
         hidden=options.hidden,
@@ -751,7 +775,7 @@ def _step(ctx: StepContext, params, opt_state, key):
 def _sample(model, options, key, n, dtype, *, sampler="ddpm", num_steps=None, eta=None):
     """Samples from a trained denoiser: ``sampler="ddpm" | "ddim"``."""
     _validate.check_choice(sampler, "sampler", ("ddpm", "ddim"))
-    features = model.out.out_features
+    features = model.features if isinstance(model, UNet) else model.out.out_features
     schedule = schedule_of(options, dtype)
     if sampler == "ddpm":
         if eta is not None:

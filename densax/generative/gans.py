@@ -59,6 +59,7 @@ from jax import lax
 
 from densax import _validate
 from densax.generative import losses
+from densax.generative.image_nets import DCGANCritic, DCGANGenerator
 from densax.generative.method import (
     LATENTS,
     Method,
@@ -112,6 +113,14 @@ class GeneratorOptions:
       b1: Adam's first-moment decay.
       b2: Adam's second-moment decay.
       optimizer: an Optax optimiser replacing Adam for every network.
+      network: ``"mlp"`` (:class:`~densax.generative.models.MLP` networks of
+        widths ``hidden``) or ``"dcgan"`` (the convolutional
+        :class:`~densax.generative.image_nets.DCGANGenerator` of
+        ``channels`` and, for the adversarial methods,
+        :class:`~densax.generative.image_nets.DCGANCritic`, for images
+        flattened to rows).
+      channels: the DCGAN generator's widths, smallest feature map first.
+      image_shape: the images' ``(H, W[, C])``; default square greyscale.
     """
 
     latent_dim: int = 2
@@ -123,10 +132,17 @@ class GeneratorOptions:
     b1: float = 0.5
     b2: float = 0.9
     optimizer: optax.GradientTransformation | None = None
+    network: str = "mlp"
+    channels: tuple[int, ...] = (64, 32)
+    image_shape: tuple[int, ...] | None = None
 
     def __post_init__(self):
         """Normalises ``hidden`` to a tuple and checks the values."""
         object.__setattr__(self, "hidden", check_widths(self.hidden))
+        object.__setattr__(self, "channels", check_widths(self.channels))
+        if self.image_shape is not None:
+            object.__setattr__(self, "image_shape", tuple(self.image_shape))
+        _validate.check_choice(self.network, "network", ("mlp", "dcgan"))
         _check_count(self, "latent_dim")
         _validate.check_choice(self.latent, "latent", LATENTS)
         check_widths(self.hidden)
@@ -144,16 +160,22 @@ class GANOptions(GeneratorOptions):
     Attributes:
       critic_hidden: hidden widths of the critic (default: ``hidden``).
       n_critic: critic (discriminator) steps per generator step.
+      critic_channels: the DCGAN critic's widths, full resolution first
+        (default: ``channels`` reversed).
     """
 
     critic_hidden: tuple[int, ...] | None = None
     n_critic: int = 1
+    critic_channels: tuple[int, ...] | None = None
 
     def __post_init__(self):
         """Checks the critic options too."""
         super().__post_init__()
         if self.critic_hidden is not None:
             object.__setattr__(self, "critic_hidden", check_widths(self.critic_hidden))
+        if self.critic_channels is not None:
+            widths = check_widths(self.critic_channels)
+            object.__setattr__(self, "critic_channels", widths)
         _check_count(self, "n_critic")
 
 
@@ -232,6 +254,15 @@ class SinkhornOptions(GeneratorOptions):
 
 
 def _generator(options, features, dtype, rngs):
+    if options.network == "dcgan":
+        return DCGANGenerator(
+            options.latent_dim,
+            features,
+            channels=options.channels,
+            image_shape=options.image_shape,
+            param_dtype=dtype,
+            rngs=rngs,
+        )
     return MLP(
         options.latent_dim,
         features,
@@ -243,14 +274,23 @@ def _generator(options, features, dtype, rngs):
 
 
 def _generator_and_critic(options, features, dtype, rngs):
-    critic = MLP(
-        features,
-        1,
-        hidden=options.critic_hidden or options.hidden,
-        activation=options.activation,
-        param_dtype=dtype,
-        rngs=rngs,
-    )
+    if options.network == "dcgan":
+        critic = DCGANCritic(
+            features,
+            channels=options.critic_channels or options.channels[::-1],
+            image_shape=options.image_shape,
+            param_dtype=dtype,
+            rngs=rngs,
+        )
+    else:
+        critic = MLP(
+            features,
+            1,
+            hidden=options.critic_hidden or options.hidden,
+            activation=options.activation,
+            param_dtype=dtype,
+            rngs=rngs,
+        )
     return {"generator": _generator(options, features, dtype, rngs), "critic": critic}
 
 
