@@ -148,7 +148,7 @@ def grid_log_prob(
         every device returns the whole grid.
 
     Returns:
-      A :class:`Grid`: ``points`` [*shape, d], ``log_density`` [*shape],
+      A :class:`Grid`: ``points`` ``[*shape, d]``, ``log_density`` ``[*shape]``,
       ``lower``/``upper`` [d], ``error_bound`` and ``interp_error_bound`` [].
 
     Raises:

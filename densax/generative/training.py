@@ -379,12 +379,12 @@ def train(
       verbose: print one line per chunk (step, steps/s, losses, metric).
       callback: called with a :class:`Progress` after every chunk.
       validate: check that ``data`` is finite.
-
-    Half-precision data (float16, bfloat16) are trained on in float32: the
-    networks' parameters, the samples and the metric are float32.
       **options: the method's options, e.g. ``learning_rate``, ``hidden``,
         ``n_critic``, ``gp_weight`` (see the options classes of
         :mod:`~densax.generative.gans` and :mod:`~densax.generative.diffusion`).
+
+    Half-precision data (float16, bfloat16) are trained on in float32: the
+    networks' parameters, the samples and the metric are float32.
 
     Returns:
       A :class:`TrainResult`; ``finite=False`` (with a ``message`` and a
