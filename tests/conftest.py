@@ -74,3 +74,33 @@ def mesh():
     from jax.sharding import AxisType
 
     return jax.make_mesh((4,), ("data",), axis_types=(AxisType.Auto,))
+
+
+# The longest files first: with ``--dist loadfile`` each file runs whole on one
+# worker, in collection order, so starting with the longest balances the two
+# workers (longest-processing-time first) instead of leaving one of them alone
+# with test_sinkhorn.py or the notebooks at the end. Order within a file is kept.
+_LONGEST_FIRST = (
+    "test_sinkhorn.py",
+    "test_notebooks.py",
+    "test_gmm.py",
+    "test_ot_api.py",
+    "test_multiprocess.py",
+    "test_kde.py",
+    "test_bad_input.py",
+    "test_readme.py",
+    "test_images.py",
+    "test_flows.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return (
+            _LONGEST_FIRST.index(name)
+            if name in _LONGEST_FIRST
+            else len(_LONGEST_FIRST)
+        )
+
+    items.sort(key=rank)  # stable: the order within a file is kept

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from densax import gaussian, gmm, kde, ot
 
-FEW = settings(max_examples=12, deadline=None)
+# Derandomized: the same examples on every run (CI must not be flaky).
+FEW = settings(max_examples=12, deadline=None, derandomize=True)
 _seed = st.integers(0, 2**31 - 1)
 # 10**e for e in [-30, 30]: float32 spans 1e-38 to 3e38.
 _scale = st.integers(-30, 30).map(lambda e: 10.0**e)
@@ -61,7 +62,13 @@ def test_gmm_weights_act_through_their_ratios(seed, scale):
     ref, got = fit(w), fit(w * scale)
     assert bool(got.converged) == bool(ref.converged)
     assert int(got.n_iter) == int(ref.n_iter)
-    _close(got.model, ref.model, rtol=1e-3, atol=1e-4)
+    # Parameters, not precision factors: a component that collapses onto a
+    # point has a variance of reg_covar plus rounding, whose inverse square
+    # root differs by a few % between any two float32 runs.
+    for field in ("weights", "means", "covariances"):
+        _close(
+            getattr(got.model, field), getattr(ref.model, field), rtol=1e-3, atol=1e-4
+        )
     _close(got.log_likelihood, ref.log_likelihood, rtol=1e-4)
 
 
