@@ -266,7 +266,15 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
     acc_keys = sorted({k for r in records for k in r["accuracy"]})
     extra_keys = [
         k
-        for k in ("peak_mb", "n_iter", "steps_per_s", "samples_per_s", "cpu_s", "note")
+        for k in (
+            "peak_mb",
+            "maxrss_mb",
+            "n_iter",
+            "steps_per_s",
+            "samples_per_s",
+            "cpu_s",
+            "note",
+        )
         if any(k in r for r in records)
     ]
     head = [

@@ -16,14 +16,17 @@ full (float64, float32); 64 independent fits of 50 000 x 15, K=8 full under
 
 Streaming rows (``gmm_stream.json``; ``--stream-only`` runs just these):
 ``gmm.fit_stream`` on 10^8 rows x d=8, K=8 full, float32, in chunks of 10^6
-rows generated on the fly by a jitted function of the chunk index (a PRNG
-key folded with it), 3 EM iterations (tol=0) from one start. Time per 10^6
-rows per EM iteration, for: the in-memory ``gmm.fit`` on 10^7 rows (the
-largest size run here; the baseline), the stream of 10^7 and of 10^8
-generated rows, the 10^8-row stream fed one cached chunk 100 times (EM alone,
-no generation), and the generation alone. The peak resident memory of the
-process (``resource.getrusage`` maxrss) after each stream, before the
-in-memory fit, shows that it does not grow with n. ``--quick``: 2 x 10^5
+rows generated on the fly by a jitted, counter-based function of the chunk
+index (:func:`stream_generator`), 3 EM iterations (tol=0) from one start.
+Time per 10^6 rows per EM iteration, for: the stream of 10^7 and of 10^8
+generated rows (generation included), the 10^8-row stream read from host
+memory (a ring of 4 NumPy chunks: the case of chunks read from files), the
+generation alone; then, interleaved in 3 rounds (medians), the in-memory
+``gmm.fit`` on 10^7 rows (the baseline) and the streams of the same 10^7
+rows: generated, from NumPy chunks, and one cached device chunk (EM alone).
+The peak resident memory of the process (``resource.getrusage`` maxrss)
+after each generated stream, before the in-memory fit, shows that it does
+not grow with n. ``--quick``: 2 x 10^5
 rows in chunks of 5 x 10^4.
 """
 
@@ -228,22 +231,50 @@ def run_case(name, n, d, k, batch, dtype, reference, args):
     return out
 
 
+def _fmix32(h):
+    """murmur3's 32-bit finaliser: a bijection of uint32 with full avalanche."""
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
 def stream_generator(d, k, rows, seed=0):
-    """A jitted ``chunk(i) -> [rows, d]``: a Gaussian mixture, a key per index."""
+    """A jitted ``chunk(i) -> [rows, d]``: a Gaussian mixture, rows by counter.
+
+    Counter-based, as the data of a stream would be addressed: uniforms are
+    a hash (murmur3's finaliser, twice) of the global index of each number,
+    and normals come from them by Box-Muller. Each chunk is a stratified
+    sample of the mixture: component ``j`` fills a fixed run of
+    ``round(w_j rows)`` rows (EM does not depend on the order of rows), so
+    no row is gathered. It generates a chunk about twice as fast as
+    ``jax.random`` (threefry) does its normals alone, so that the streamed
+    rows measure EM rather than the generator (whose time is its own row).
+    """
+    if d % 2:
+        raise ValueError("d must be even (Box-Muller makes normals in pairs)")
     rng = np.random.default_rng(seed)
-    cum_w = jnp.asarray(np.cumsum(rng.dirichlet(np.full(k, 5.0))), jnp.float32)
+    ends = np.round(np.cumsum(rng.dirichlet(np.full(k, 5.0))) * rows).astype(int)
+    starts = np.concatenate([[0], ends[:-1]])
     means = jnp.asarray(rng.normal(size=(k, d)) * 2.0 + 3.0, jnp.float32)
     scales = jnp.asarray(rng.uniform(0.3, 1.5, (k, d)), jnp.float32)
-    key = jax.random.key(seed)
+    salt = jnp.uint32(_fmix32(np.uint32(seed + 1)))
 
     @jax.jit
     def chunk(i):
-        k_label, k_noise = jax.random.split(jax.random.fold_in(key, i))
-        # One uniform per row (categorical would draw k Gumbels per row).
-        u = jax.random.uniform(k_label, (rows,), jnp.float32) * cum_w[-1]
-        labels = jnp.minimum(jnp.searchsorted(cum_w, u), k - 1)
-        noise = jax.random.normal(k_noise, (rows, d), jnp.float32)
-        return means[labels] + scales[labels] * noise
+        row = jnp.uint32(i) * jnp.uint32(rows) + jnp.arange(rows, dtype=jnp.uint32)
+        index = row[:, None] * jnp.uint32(d) + jnp.arange(d, dtype=jnp.uint32)
+        bits = _fmix32(_fmix32(index ^ salt) + jnp.uint32(0x9E3779B9))
+        u = ((bits >> 8).astype(jnp.float32) + 0.5) * jnp.float32(2**-24)
+        radius = jnp.sqrt(-2 * jnp.log(u[:, : d // 2]))
+        angle = 2 * jnp.pi * u[:, d // 2 :]
+        noise = jnp.concatenate([radius * jnp.cos(angle), radius * jnp.sin(angle)], 1)
+        parts = [
+            means[j] + scales[j] * noise[a:b]
+            for j, (a, b) in enumerate(zip(starts, ends, strict=True))
+        ]
+        return jnp.concatenate(parts)
 
     return chunk
 
@@ -269,9 +300,10 @@ def run_stream(args):
     unit = "per 1e6 rows per EM iteration"
     records, lls = [], {}
 
-    def row(impl, seconds, n, n_passes, **extra):
-        per = seconds / (n / 1e6) / n_passes
-        timing = {"time_s": per, "min_s": per, "repeat": 1}
+    def row(impl, seconds, n, n_passes, repeat=1, **extra):
+        per = float(np.median(seconds)) / (n / 1e6) / n_passes
+        best = float(np.min(seconds)) / (n / 1e6) / n_passes
+        timing = {"time_s": per, "min_s": best, "repeat": repeat}
         rec = record(case, impl, "float32", timing, unit=unit, size=float(n), **extra)
         records.append(rec)
         print(f"{impl:44s} {per * 1e3:8.2f} ms {extra}")
@@ -280,14 +312,19 @@ def run_stream(args):
         start = time.perf_counter()
         res = gmm.fit_stream(None, source, k, n_chunks=n // rows, **opts)
         jax.block_until_ready(res)
-        seconds = time.perf_counter() - start
         lls[label] = float(res.log_likelihood)
-        row(label, seconds, n, n_iter, maxrss_mb=maxrss_mb(), n_rows=n)
+        return time.perf_counter() - start
 
-    stream(n_mem, chunk, f"fit_stream n={n_mem:.0e} generated")
-    stream(n_big, chunk, f"fit_stream n={n_big:.0e} generated")
-    cached = chunk(0)
-    stream(n_big, lambda i: cached, f"fit_stream n={n_big:.0e} one cached chunk")
+    # At scale, once each: memory after each stream must not grow with n.
+    for n in (n_mem, n_big):
+        label = f"fit_stream n={n:.0e} generated"
+        row(label, stream(n, chunk, label), n, n_iter, maxrss_mb=maxrss_mb(), n_rows=n)
+    # Host memory, as chunks read from a file would be: a ring of 4 NumPy
+    # chunks, each converted to a device array by its step.
+    host = [np.asarray(chunk(i)) for i in range(4)]
+    label = f"fit_stream n={n_big:.0e} NumPy chunks"
+    seconds = stream(n_big, lambda i: host[i % 4], label)
+    row(label, seconds, n_big, n_iter, n_rows=n_big)
     start = time.perf_counter()
     for i in range(n_big // rows):
         last = chunk(i)
@@ -299,21 +336,36 @@ def run_stream(args):
         1,
         note="one pass: included once per EM iteration in the generated rows",
     )
-    # The in-memory fit on the same first n_mem rows, from the same start.
+    # The throughput ratio: the in-memory fit on the first n_mem rows and the
+    # streams of the same rows, from the same start, interleaved (3 rounds,
+    # medians), so that a change of the machine's load hits all alike.
     x = jnp.concatenate([chunk(i) for i in range(n_mem // rows)])
     fit = jax.jit(
         lambda x, p: gmm.fit(None, x, k, init_params=p, max_iter=n_iter, tol=0.0)
     )
     jax.block_until_ready(fit(x, params))  # compile
-    start = time.perf_counter()
-    res = jax.block_until_ready(fit(x, params))
-    seconds = time.perf_counter() - start
-    diff = abs(float(res.log_likelihood) - lls[f"fit_stream n={n_mem:.0e} generated"])
+    cached = chunk(0)
+    sources = {
+        f"fit_stream n={n_mem:.0e} generated, interleaved": chunk,
+        f"fit_stream n={n_mem:.0e} NumPy chunks, interleaved": lambda i: host[i % 4],
+        f"fit_stream n={n_mem:.0e} one cached chunk, interleaved": lambda i: cached,
+    }
+    times = {label: [] for label in ["densax", *sources]}
+    for _ in range(3):
+        start = time.perf_counter()
+        res = jax.block_until_ready(fit(x, params))
+        times["densax"].append(time.perf_counter() - start)
+        for label, source in sources.items():
+            times[label].append(stream(n_mem, source, label))
+    for label in sources:
+        row(label, times[label], n_mem, n_iter, repeat=3, n_rows=n_mem)
+    diff = abs(float(res.log_likelihood) - lls[next(iter(sources))])
     row(
         "densax",
-        seconds,
+        times["densax"],
         n_mem,
         n_iter,
+        repeat=3,
         maxrss_mb=maxrss_mb(),
         n_rows=n_mem,
         note=f"gmm.fit in memory; |ll - fit_stream's ll| = {diff:.1e}",

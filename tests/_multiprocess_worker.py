@@ -18,7 +18,9 @@ N_DEVICES = 4
 def _setup(process_id, num_processes, port):
     """JAX on the CPU, 4 devices over all processes (before importing densax)."""
     os.environ["JAX_PLATFORMS"] = "cpu"
-    os.environ.pop("XLA_FLAGS", None)
+    # Compile-bound small problems: XLA's backend optimisation level 0, as the
+    # rest of the suite (tests/conftest.py); devices are set below.
+    os.environ["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
     import jax
 
     jax.config.update("jax_num_cpu_devices", N_DEVICES // num_processes)
