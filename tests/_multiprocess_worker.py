@@ -18,9 +18,8 @@ N_DEVICES = 4
 def _setup(process_id, num_processes, port):
     """JAX on the CPU, 4 devices over all processes (before importing densax)."""
     os.environ["JAX_PLATFORMS"] = "cpu"
-    # Compile-bound small problems: XLA's backend optimisation level 0, as the
-    # rest of the suite (tests/conftest.py); devices are set below.
-    os.environ["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
+    # XLA_FLAGS: the suite's compile-time flags, from the parent (no device
+    # count: the devices are set below).
     import jax
 
     jax.config.update("jax_num_cpu_devices", N_DEVICES // num_processes)

@@ -7,15 +7,27 @@ it at import time (pytest imports conftest before the test modules).
 import os
 
 # Four host devices for the shard_map tests. The suite is compile-bound (small
-# problems, many programs): XLA's backend optimisation level 0 compiles about
-# 30% faster, and the tests' tiny problems do not need optimised kernels
-# (benchmarks and users keep XLA's default).
-for _FLAG in (
-    "--xla_force_host_platform_device_count=4",
-    "--xla_backend_optimization_level=0",
-):
+# problems, many programs), and the tests' tiny problems do not need optimised
+# kernels: XLA's backend optimisation level 0 compiles about 30% faster, and
+# the legacy CPU fusion emitters instead of the MLIR ones about 2.5x faster
+# again (benchmarks and users keep XLA's defaults). DENSAX_TEST_XLA_FLAGS
+# replaces these two (e.g. an empty value tests XLA's defaults).
+_COMPILE_FLAGS = os.environ.get(
+    "DENSAX_TEST_XLA_FLAGS",
+    "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false",
+).split()
+_DEVICE_FLAG = "--xla_force_host_platform_device_count"
+for _FLAG in (f"{_DEVICE_FLAG}=4", *_COMPILE_FLAGS):
     if _FLAG.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip()
+
+
+def compile_flags() -> str:
+    """The suite's XLA flags without the device count: for its subprocesses."""
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    return " ".join(f for f in flags if not f.startswith(_DEVICE_FLAG))
+
+
 # Tests run on the CPU unless the caller asks otherwise (JAX_PLATFORMS=cuda).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 

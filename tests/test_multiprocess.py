@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import compile_flags
 
 WORKER = Path(__file__).with_name("_multiprocess_worker.py")
 TIMEOUT = 480  # seconds; about 40 s on an idle 2-core machine
@@ -28,7 +29,9 @@ def _free_port():
 
 
 def _start(out, process_id, num_processes, port):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = dict(os.environ)
+    # The suite's compile-time flags; the worker sets its own device count.
+    env["XLA_FLAGS"] = compile_flags()
     env["JAX_PLATFORMS"] = "cpu"
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import compile_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -24,10 +25,10 @@ def test_notebook_runs(path, monkeypatch):
     monkeypatch.setenv("DENSAX_NOTEBOOK_SMALL", "1")
     # The inline backend, as in Jupyter: figures become outputs to compare.
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    # A single device in the kernel, compiled at XLA's optimisation level 0 as
-    # the rest of the suite (small sizes: compile-bound); a notebook's own XLA
-    # flags, if any, win.
-    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
+    # A single device in the kernel, compiled with the rest of the suite's
+    # compile-time flags (tests/conftest.py; small sizes: compile-bound); a
+    # notebook's own XLA flags, if any, win.
+    monkeypatch.setenv("XLA_FLAGS", compile_flags())
     # The kernel imports this checkout's densax even without an install.
     pythonpath = [str(ROOT), os.environ.get("PYTHONPATH")]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, pythonpath)))
