@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
-from densax.gmm._kmeans import _gather, _lloyd, _sq_distances
+from densax.cluster import _sq_distances
+from densax.gmm._kmeans import _gather, _lloyd
 from densax.gmm._model import (
     _LOG_2PI,
     GaussianMixture,

@@ -7,13 +7,9 @@ import jax
 import jax.numpy as jnp
 
 from densax import _validate
+from densax.cluster import _plusplus, _sq_distances
 from densax.gmm._engine import _blocks_for, _m_step_blocks, _to_blocks
-from densax.gmm._kmeans import (
-    _gather,
-    _kmeans_plusplus,
-    _lloyd,
-    _sq_distances,
-)
+from densax.gmm._kmeans import _gather, _lloyd
 from densax.gmm._model import (
     COVARIANCE_TYPES,
     GaussianMixture,
@@ -215,7 +211,7 @@ def _initial_params(
             )
             centres = xg[idx]
         else:
-            centres = _kmeans_plusplus(key, xg, wg, k)
+            centres = _plusplus(key, xg, wg, k)
         if method == "kmeans":
             centres = _lloyd(xg, wg, centres)
         labels = jnp.argmin(_sq_distances(x - centre, centres), axis=1)
