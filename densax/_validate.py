@@ -39,6 +39,7 @@ import numpy as np
 __all__ = [
     "HALF_DTYPES",
     "as_float",
+    "cast_floats",
     "check_choice",
     "check_finite",
     "check_int",
@@ -52,6 +53,7 @@ __all__ = [
     "check_symmetric",
     "check_weights",
     "common_float_dtype",
+    "compute_dtype",
     "half_precision",
     "is_concrete",
     "normalize_weights",
@@ -344,6 +346,30 @@ def _is_float(leaf: Any) -> bool:
 
 def _is_half(leaf: Any) -> bool:
     return _is_float(leaf) and np.dtype(leaf.dtype) in HALF_DTYPES
+
+
+def compute_dtype(dtype: Any) -> np.dtype:
+    """float32 for a half-precision ``dtype``, else ``dtype`` itself.
+
+    For wrappers that resolve their problem's dtype themselves (the entropic
+    OT solvers) and apply the policy of :func:`half_precision` with
+    :func:`cast_floats`.
+
+    Example:
+      >>> compute_dtype(jnp.bfloat16), compute_dtype(jnp.float64)
+      (dtype('float32'), dtype('float64'))
+    """
+    dtype = np.dtype(dtype)
+    return np.dtype(np.float32) if dtype in HALF_DTYPES else dtype
+
+
+def cast_floats(tree: Any, dtype: Any) -> Any:
+    """The floating arrays of ``tree`` cast to ``dtype`` (other leaves kept)."""
+
+    def one(leaf):
+        return leaf.astype(dtype) if _is_float(leaf) else leaf
+
+    return jax.tree.map(one, tree)
 
 
 def half_precision(fn: Callable) -> Callable:

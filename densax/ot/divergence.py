@@ -26,7 +26,6 @@ from ott.geometry import costs, pointcloud
 from densax import _validate
 from densax.ot._config import SinkhornConfig, merge, resolve
 from densax.ot._geometry import gather, make_geom, plan_cost
-from densax.ot._half import cast, compute_dtype
 from densax.ot._implicit import potentials
 from densax.ot._solve import Problem, Schedule
 from densax.ot.sinkhorn import (
@@ -272,10 +271,12 @@ def sinkhorn_divergence(
         axis_name=axis_name,
     )
     dtype = a.dtype
-    work = compute_dtype(dtype)
+    work = _validate.compute_dtype(dtype)
     if work != dtype:  # half precision: computed in float32
-        args = cast((x, y, costs3, a, b, epsilon, tol), work)
-        return cast(_divergence_core(*args, cost_fn, cfg, record, objective), dtype)
+        args = _validate.cast_floats((x, y, costs3, a, b, epsilon, tol), work)
+        return _validate.cast_floats(
+            _divergence_core(*args, cost_fn, cfg, record, objective), dtype
+        )
     args = (x, y, costs3, a, b, epsilon, tol, cost_fn, cfg, record)
     if objective == "transport":
         return _divergence_core(*args, objective)
@@ -355,7 +356,7 @@ def wasserstein_entropic(
     half = [getattr(v, "dtype", None) for v in (x, y)]
     half = [t for t in half if t is not None and jnp.issubdtype(t, jnp.floating)]
     dtype = jnp.result_type(*half) if half else None
-    if dtype is not None and compute_dtype(dtype) != dtype:
+    if dtype is not None and _validate.compute_dtype(dtype) != dtype:
         x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
     out = sinkhorn_divergence(
         x,
@@ -373,4 +374,8 @@ def wasserstein_entropic(
     s = out.divergence
     positive = s > 0
     w = jnp.where(positive, jnp.where(positive, s, 1.0) ** (1.0 / p), 0.0)
-    return w if dtype is None or compute_dtype(dtype) == dtype else w.astype(dtype)
+    return (
+        w
+        if dtype is None or _validate.compute_dtype(dtype) == dtype
+        else w.astype(dtype)
+    )

@@ -94,7 +94,6 @@ from densax.ot._geometry import (
     psum,
     row_pass,
 )
-from densax.ot._half import cast, compute_dtype
 from densax.ot._implicit import potentials, valued
 from densax.ot._solve import Problem, epsilons, total_mass
 
@@ -446,11 +445,11 @@ def sinkhorn(
         batch_size=batch,
     )
     dtype = a.dtype
-    work = compute_dtype(dtype)
+    work = _validate.compute_dtype(dtype)
     if work != dtype:  # half precision: computed in float32
-        args = cast((x, y, cost, a, b, epsilon, tol, init), work)
+        args = _validate.cast_floats((x, y, cost, a, b, epsilon, tol, init), work)
         out = _sinkhorn_core(*args, cost_fn, cfg, record)
-        return cast(out, dtype)
+        return _validate.cast_floats(out, dtype)
     return _sinkhorn_core(x, y, cost, a, b, epsilon, tol, init, cost_fn, cfg, record)
 
 
@@ -541,9 +540,11 @@ def transport_plan(
     """
     block_size = _check_result(result, storage, block_size)
     dtype = result.f.dtype
-    work = compute_dtype(dtype)
+    work = _validate.compute_dtype(dtype)
     if work != dtype:  # half precision: computed in float32
-        return _plan_core(cast(result, work), block_size, axis_name).astype(dtype)
+        return _plan_core(
+            _validate.cast_floats(result, work), block_size, axis_name
+        ).astype(dtype)
     return _plan_core(result, block_size, axis_name)
 
 
@@ -596,9 +597,9 @@ def apply_plan(
         )
     mat = vec if vec.ndim == 2 else vec[:, None]
     dtype = result.f.dtype
-    work = compute_dtype(dtype)
+    work = _validate.compute_dtype(dtype)
     if work != dtype:  # half precision: computed in float32
-        result, mat = cast((result, mat), work)
+        result, mat = _validate.cast_floats((result, mat), work)
     out = _apply_core(result, mat, transpose, block_size, axis_name).astype(dtype)
     return out if vec.ndim == 2 else out[:, 0]
 

@@ -33,7 +33,6 @@ import numpy as np
 from jax import lax
 
 from densax import _validate
-from densax.ot._half import cast, compute_dtype
 
 __all__ = ["Coupling1D", "wasserstein_1d"]
 
@@ -557,9 +556,9 @@ def wasserstein_1d(
         *(("b", w.shape[:-1]) for w in [b] if w is not None),
     )
     dtype = u.dtype
-    work = compute_dtype(dtype)
+    work = _validate.compute_dtype(dtype)
     if work != dtype:  # half precision: computed in float32
-        u, v, a, b = cast((u, v, a, b), work)
+        u, v, a, b = _validate.cast_floats((u, v, a, b), work)
     scale = _power_of_two_scale(u, v) if p > 1 else None
     if scale is not None:  # W_p^p may overflow where W_p does not
         u, v = u / scale, v / scale  # exact: a power of two
@@ -567,7 +566,7 @@ def wasserstein_1d(
     w_pow, plan = out if return_coupling else (out, None)
     w = _root(w_pow, p) if scale is None else _root(w_pow, p) * scale[..., 0]
     if work != dtype:
-        w, plan = w.astype(dtype), cast(plan, dtype)
+        w, plan = w.astype(dtype), _validate.cast_floats(plan, dtype)
     return (w, plan) if return_coupling else w
 
 
