@@ -168,16 +168,14 @@ class AffineCoupling(nnx.Module):
         return x, -jnp.sum(log_scale, axis=-1)
 
 
-def _knots(raw: jax.Array, bound: float, min_size: float) -> tuple:
-    """Bin sizes ``[..., K]`` summing to ``2 bound`` and knots ``[..., K+1]``."""
+def _knots(raw: jax.Array, bound: float, min_size: float) -> jax.Array:
+    """Knots ``[..., K+1]`` from ``-bound`` to ``bound`` (bins: ``softmax(raw)``)."""
     k = raw.shape[-1]
     sizes = min_size + (1 - min_size * k) * jax.nn.softmax(raw, axis=-1)
-    knots = jnp.cumsum(sizes, axis=-1)
-    knots = jnp.concatenate([jnp.zeros_like(knots[..., :1]), knots], axis=-1)
-    knots = (2 * knots - 1) * bound
-    # The last knot is exactly ``bound`` (the cumulative sum may round).
-    knots = knots.at[..., -1].set(bound)
-    return knots[..., 1:] - knots[..., :-1], knots
+    inner = (2 * jnp.cumsum(sizes[..., :-1], axis=-1) - 1) * bound
+    # The end knots are exactly -+bound (a cumulative sum may round).
+    lo = jnp.full_like(sizes[..., :1], -bound)
+    return jnp.concatenate([lo, inner, -lo], axis=-1)
 
 
 def rational_quadratic_spline(
@@ -225,19 +223,9 @@ def rational_quadratic_spline(
       ([-5.0, 0.3, 1.0], True)
     """
     dtype = x.dtype
-    # Zero parameters give unit derivatives: with equal bins, the identity.
-    shift = np.log(np.expm1(1.0 - min_derivative))
-    w, xk = _knots(widths.astype(dtype), bound, min_size)
-    h, yk = _knots(heights.astype(dtype), bound, min_size)
-    ones = jnp.ones_like(derivatives[..., :1], dtype)
-    d = jnp.concatenate(
-        [
-            ones,
-            jax.nn.softplus(derivatives.astype(dtype) + shift) + min_derivative,
-            ones,
-        ],
-        axis=-1,
-    )
+    k = widths.shape[-1]
+    xk = _knots(widths.astype(dtype), bound, min_size)
+    yk = _knots(heights.astype(dtype), bound, min_size)
     inside = (x > -bound) & (x < bound)
     xc = jnp.clip(x, -bound, bound)
     knots_in = yk if inverse else xk
@@ -246,8 +234,19 @@ def rational_quadratic_spline(
     def pick(a):
         return jnp.take_along_axis(a, idx, axis=-1)[..., 0]
 
-    x0, y0, wk, hk = pick(xk[..., :-1]), pick(yk[..., :-1]), pick(w), pick(h)
-    d0, d1 = pick(d[..., :-1]), pick(d[..., 1:])
+    x0, y0 = pick(xk[..., :-1]), pick(yk[..., :-1])
+    wk, hk = pick(xk[..., 1:]) - x0, pick(yk[..., 1:]) - y0
+    # Only the two derivatives of each point's bin are computed (after the
+    # gather); zero parameters give unit derivatives, i.e. with equal bins
+    # the identity. The derivatives at -+bound are exactly 1.
+    shift = np.log(np.expm1(1.0 - min_derivative))
+    zero = jnp.zeros_like(derivatives[..., :1], dtype)
+    raw = jnp.concatenate([zero, derivatives.astype(dtype), zero], axis=-1)
+    i = idx[..., 0]
+    d0 = jax.nn.softplus(pick(raw[..., :-1]) + shift) + min_derivative
+    d1 = jax.nn.softplus(pick(raw[..., 1:]) + shift) + min_derivative
+    d0 = jnp.where(i == 0, 1.0, d0).astype(dtype)
+    d1 = jnp.where(i == k - 1, 1.0, d1).astype(dtype)
     s = hk / wk
     c = d1 + d0 - 2 * s
     if inverse:
@@ -303,7 +302,7 @@ class SplineCoupling(nnx.Module):
         features: int,
         *,
         knots: int = 8,
-        bound: float = 4.0,
+        bound: float = 2.5,
         hidden=(64, 64),
         activation="relu",
         param_dtype=jnp.float32,
@@ -389,9 +388,14 @@ class LULinear(nnx.Module):
     def inverse(self, y: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``(x [n, d], log|det dx/dy| [n])``."""
         lower, upper = self._factors()
-        v = y[..., ::-1].T
-        u = jax.scipy.linalg.solve_triangular(lower, v, lower=True, unit_diagonal=True)
-        x = jax.scipy.linalg.solve_triangular(upper, u, lower=False).T
+        # Right-side solves on the [n, d] batch (x U^T L^T = y): no transposes
+        # of the batch, and fast on CPU where a left-side solve with n
+        # right-hand sides is not.
+        solve = functools.partial(
+            jax.lax.linalg.triangular_solve, left_side=False, transpose_a=True
+        )
+        u = solve(lower, y[..., ::-1], lower=True, unit_diagonal=True)
+        x = solve(upper, u, lower=False)
         return x, jnp.broadcast_to(-jnp.sum(self.log_diag[...]), y.shape[:-1])
 
 
@@ -498,7 +502,7 @@ class Flow(nnx.Module):
     Reading from the data: standardise, then alternate linear mixing and
     coupling. The ``layers`` blocks share one structure: their parameters are
     stacked along a leading axis (``nnx.vmap`` at construction) and applied by
-    one ``lax.scan``, so compilation time does not grow with the depth.
+    one unrolled ``lax.scan``.
 
     Args:
       features: data dimension ``d >= 2``.
@@ -507,7 +511,10 @@ class Flow(nnx.Module):
       linear: ``"lu"`` (:class:`LULinear`) or ``"reverse"`` (a fixed
         permutation) between couplings.
       knots: bins of each spline.
-      bound: the splines act on ``[-bound, bound]`` (in standardised units).
+      bound: the splines act on ``[-bound, bound]`` (in standardised units:
+        the data-side ActNorm starts at the data's mean and scale). Tight
+        enough that the bins spend their resolution on the data, not on
+        empty space; the tails map by the identity.
       hidden: hidden widths of every conditioner.
       activation: their activation.
       base: ``"normal"`` (``N(0, I)``) or ``"uniform"`` (``U(0, 1)^d``).
@@ -528,7 +535,7 @@ class Flow(nnx.Module):
         transform: str = "spline",
         linear: str = "lu",
         knots: int = 8,
-        bound: float = 4.0,
+        bound: float = 2.5,
         hidden=(64, 64),
         activation="relu",
         base: str = "normal",
@@ -573,7 +580,9 @@ class Flow(nnx.Module):
 
         # zeros_like(x): the carry is device-varying like x under shard_map.
         start = (x, jnp.zeros_like(x[..., 0]))
-        (x, total), _ = jax.lax.scan(body, start, state, reverse=inverse)
+        # Unrolled: XLA then fuses across the small per-layer operations (a
+        # third more training steps per second on CPU than a rolled loop).
+        (x, total), _ = jax.lax.scan(body, start, state, reverse=inverse, unroll=True)
         return x, total
 
     def forward(self, z: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -754,7 +763,8 @@ class FlowOptions:
       transform: ``"spline"`` (rational-quadratic) or ``"affine"`` (RealNVP).
       linear: ``"lu"`` or ``"reverse"`` between couplings.
       knots: bins of each spline.
-      bound: spline interval ``[-bound, bound]`` in standardised units.
+      bound: spline interval ``[-bound, bound]`` in standardised units (see
+        :class:`Flow`).
       hidden: hidden widths of the conditioners.
       activation: activation name or callable.
       base: ``"normal"`` or ``"uniform"``.
@@ -769,11 +779,11 @@ class FlowOptions:
     transform: str = "spline"
     linear: str = "lu"
     knots: int = 8
-    bound: float = 4.0
+    bound: float = 2.5
     hidden: tuple[int, ...] = (64, 64)
     activation: str | Callable = "relu"
     base: str = "normal"
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
     lr_schedule: str = "cosine"
     b1: float = 0.9
     b2: float = 0.999
