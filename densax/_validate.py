@@ -405,11 +405,7 @@ def half_precision(fn: Callable) -> Callable:
         target = functools.reduce(jnp.promote_types, floats)
         if np.dtype(target) not in HALF_DTYPES:  # float16 with bfloat16
             return out
-
-        def down(a):
-            return a.astype(target) if _is_float(a) else a
-
-        return jax.tree.map(down, out)
+        return cast_floats(out, target)
 
     return wrapper
 
