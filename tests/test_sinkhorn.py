@@ -18,63 +18,34 @@ import jax.numpy as jnp
 import numpy as np
 import ot as pot
 import pytest
+from _sinkhorn_data import (
+    EPS,
+    TIGHT,
+    D,
+    M,
+    N,
+    gauge,
+    large_problem,
+    sample_problem,
+    sq_cost,
+    storage_options,
+)
 from jax.sharding import PartitionSpec as P
 from ott.geometry import costs, pointcloud
 from ott.solvers import linear
 from ott.tools import sinkhorn_divergence as ott_divergence
 
 import densax
-from densax.ot import _acceleration, _kernel, _starts
-from densax.ot import _geometry as geometry
-from densax.ot._config import resolve as _resolve
-
-N, M, D = 24, 18, 2
-EPS = 0.5  # ~0.05 x the mean cost of the data below
-TIGHT = 1e-11
-
-
-def _data(dtype=np.float64, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(N, D))
-    y = rng.normal(size=(M, D)) * 1.3 + 1.0
-    a = rng.uniform(0.2, 1.0, N)
-    b = rng.uniform(0.2, 1.0, M)
-    return (
-        x.astype(dtype),
-        y.astype(dtype),
-        (a / a.sum()).astype(dtype),
-        (b / b.sum()).astype(dtype),
-    )
-
-
-def _store(block):
-    """Storage options: None dense, a string that storage, an int online blocks."""
-    if block is None:
-        return dict(storage="dense")
-    if isinstance(block, str):
-        return dict(storage=block)
-    return dict(storage="online", block_size=block)
-
-
-def _cost(x, y):
-    return ((np.asarray(x)[:, None] - np.asarray(y)[None]) ** 2).sum(-1)
-
-
-def _gauge(f, g, a, b):
-    """densax's gauge <a, f> = <b, g>, applied to other libraries' potentials."""
-    c = 0.5 * (np.dot(b, g) - np.dot(a, f))
-    return f + c, g - c
-
 
 # ---------------------------------------------------------------------------
 # References (float64)
 
 
 def test_matches_ott_and_pot(x64):
-    x, y, a, b = _data()
+    x, y, a, b = sample_problem()
     out = densax.ot.sinkhorn(x, y, a=a, b=b, epsilon=EPS, tol=TIGHT)
     assert bool(out.converged)
-    cost = _cost(x, y)
+    cost = sq_cost(x, y)
 
     ott_out = linear.solve(
         pointcloud.PointCloud(x, y, epsilon=EPS),
@@ -85,7 +56,7 @@ def test_matches_ott_and_pot(x64):
     )
     np.testing.assert_allclose(out.reg_cost, ott_out.reg_ot_cost, rtol=1e-9)
     np.testing.assert_allclose(out.transport_cost, ott_out.primal_cost, rtol=1e-9)
-    f_ott, g_ott = _gauge(np.asarray(ott_out.f), np.asarray(ott_out.g), a, b)
+    f_ott, g_ott = gauge(np.asarray(ott_out.f), np.asarray(ott_out.g), a, b)
     np.testing.assert_allclose(out.f, f_ott, atol=1e-9)
     np.testing.assert_allclose(out.g, g_ott, atol=1e-9)
 
@@ -102,7 +73,7 @@ def test_matches_ott_and_pot(x64):
         log=True,
     )
     np.testing.assert_allclose(densax.ot.transport_plan(out), plan, atol=1e-12)
-    f_pot, g_pot = _gauge(EPS * log["log_u"], EPS * log["log_v"], a, b)
+    f_pot, g_pot = gauge(EPS * log["log_u"], EPS * log["log_v"], a, b)
     np.testing.assert_allclose(out.f, f_pot, atol=1e-9)
     np.testing.assert_allclose(out.g, g_pot, atol=1e-9)
     cost2 = pot.sinkhorn2(
@@ -114,7 +85,7 @@ def test_matches_ott_and_pot(x64):
 
 
 def test_divergence_matches_ott(x64):
-    x, y, a, b = _data()
+    x, y, a, b = sample_problem()
     out = densax.ot.sinkhorn_divergence(x, y, a=a, b=b, epsilon=EPS, tol=TIGHT)
     ref, _ = ott_divergence.sinkhorn_divergence(
         pointcloud.PointCloud,
@@ -128,7 +99,7 @@ def test_divergence_matches_ott(x64):
     assert bool(out.converged)
     np.testing.assert_allclose(out.divergence, ref, rtol=1e-9)
     # The symmetric potential solves the self-problem: P 1 = a.
-    p_xx = np.exp((out.f_xx[:, None] + out.f_xx[None] - _cost(x, x)) / EPS)
+    p_xx = np.exp((out.f_xx[:, None] + out.f_xx[None] - sq_cost(x, x)) / EPS)
     np.testing.assert_allclose(p_xx.sum(1), a, atol=1e-10)
     # Zero iff the measures are equal (and positive otherwise).
     same = densax.ot.sinkhorn_divergence(x, x, a=a, b=a, epsilon=EPS, tol=TIGHT)
@@ -140,7 +111,7 @@ def test_transport_objective_matches_pot_divergence(x64):
     # objective="transport": POT's empirical_sinkhorn_divergence (transport
     # costs <P, C> of the three problems, clipped at 0), not the
     # regularised costs of ott-jax and GeomLoss (the default).
-    x, y, a, b = _data()
+    x, y, a, b = sample_problem()
     kw = dict(a=a, b=b, epsilon=EPS, tol=TIGHT)
     out = densax.ot.sinkhorn_divergence(x, y, objective="transport", **kw)
     ref = pot.bregman.empirical_sinkhorn_divergence(
@@ -157,7 +128,7 @@ def test_transport_objective_matches_pot_divergence(x64):
 def test_epsilon_to_zero_approaches_emd(x64):
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(10, D)), rng.normal(size=(10, D)) + 0.5
-    cost = _cost(x, y)
+    cost = sq_cost(x, y)
     exact = pot.emd2(np.full(10, 0.1), np.full(10, 0.1), cost)
     gaps = []
     for rel in (1e-1, 3e-2, 1e-2):
@@ -200,7 +171,7 @@ def test_1d_matches_exact_wasserstein(x64):
 
 
 def test_general_cost_function(x64):
-    x, y, a, b = _data()
+    x, y, a, b = sample_problem()
     cost_fn = costs.Euclidean()
     ref = linear.solve(
         pointcloud.PointCloud(x, y, cost_fn=cost_fn, epsilon=0.1),
@@ -218,516 +189,10 @@ def test_general_cost_function(x64):
             epsilon=0.1,
             cost_fn=cost_fn,
             tol=TIGHT,
-            **_store(block),
+            **storage_options(block),
         )
         np.testing.assert_allclose(out.reg_cost, ref.reg_ot_cost, rtol=1e-9)
         np.testing.assert_allclose(out.transport_cost, ref.primal_cost, rtol=1e-9)
-
-
-# ---------------------------------------------------------------------------
-# Plans, online mode, dtypes
-
-
-def test_plan_marginals_and_apply(dtype):
-    x, y, a, b = _data(dtype)
-    out = densax.ot.sinkhorn(x, y, a=a, b=b, epsilon=EPS, tol=1e-4)
-    for leaf in (out.f, out.g, out.reg_cost, out.transport_cost, out.trace):
-        assert leaf.dtype == dtype
-    plan = densax.ot.transport_plan(out)
-    assert plan.shape == (N, M) and plan.dtype == dtype
-    err = np.abs(plan.sum(1) - a).sum() + np.abs(plan.sum(0) - b).sum()
-    # The reported error is the L1 marginal error of the returned plan.
-    k = int(out.n_iter)
-    np.testing.assert_allclose(err, out.trace[k - 1], rtol=1e-3, atol=1e-6)
-    assert err <= 1e-4 and np.all(np.isnan(np.asarray(out.trace[k:])))
-    tol = 1e-5 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(
-        np.sum(plan * _cost(x, y)), out.transport_cost, rtol=tol * 10
-    )
-    v = np.linspace(-1, 1, 2 * M, dtype=dtype).reshape(M, 2)
-    u = np.linspace(-1, 1, N, dtype=dtype)
-    for store in (dict(storage="auto"), _store(5)):
-        pv = densax.ot.apply_plan(out, v, **store)
-        np.testing.assert_allclose(pv, plan @ v, rtol=tol, atol=tol)
-        ptu = densax.ot.apply_plan(out, u, transpose=True, **store)
-        np.testing.assert_allclose(ptu, plan.T @ u, rtol=tol, atol=tol)
-    np.testing.assert_allclose(
-        densax.ot.transport_plan(out, storage="online", block_size=5),
-        plan,
-        rtol=tol,
-        atol=tol,
-    )
-
-
-def test_online_equals_dense(dtype):
-    x, y, a, b = _data(dtype)
-    dense = densax.ot.sinkhorn_divergence(x, y, a=a, b=b, epsilon=EPS, storage="dense")
-    online = densax.ot.sinkhorn_divergence(
-        x, y, a=a, b=b, epsilon=EPS, storage="online", block_size=7
-    )
-    # Same iterations; only the summation order differs.
-    rtol = 1e-5 if dtype == np.float32 else 1e-12
-    assert np.array_equal(dense.n_iter, online.n_iter)
-    np.testing.assert_allclose(online.divergence, dense.divergence, rtol=rtol)
-    np.testing.assert_allclose(online.xy.f, dense.xy.f, rtol=rtol, atol=rtol)
-    np.testing.assert_allclose(online.f_xx, dense.f_xx, rtol=rtol, atol=rtol)
-    # (Online gradients: see test_sharded_equals_single_device.)
-
-
-def _cloud(dtype, n=300, m=260, seed=3):
-    """A problem above 2^16 entries: "auto" runs online with a cached kernel."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, D))
-    y = rng.normal(size=(m, D)) * 0.7 + 1.0
-    a = rng.uniform(0.2, 1.0, n)
-    b = rng.uniform(0.2, 1.0, m)
-    cast = lambda v: np.asarray(v, dtype)
-    return cast(x), cast(y), cast(a / a.sum()), cast(b / b.sum())
-
-
-def test_cached_kernel_equals_online(x64):
-    # float64: the algebra of the cached kernel (squared by levels, rebuilt,
-    # scalings) equals the online passes to rounding. (float32 kernels:
-    # test_kernel_rebuilds_when_scalings_drift, test_tiny_epsilon_*.)
-    dtype = np.float64
-    x, y, a, b = _cloud(dtype)
-    eps = 0.02 * float(np.mean(_cost(x, y)))
-    rtol = 1e-5 if dtype == np.float32 else 1e-12
-    # Each exponent (f_i + g_j - C_ij) / eps carries a rounding error of
-    # ~u max|C| / eps: potentials computed in a different order (a product
-    # with a cached kernel instead of exponentials) differ by a few u max|C|.
-    atol = 20 * np.finfo(dtype).eps * float(np.max(_cost(x, y)))
-    for opts in (
-        {},  # annealing by squaring the kernel (1 / q = 2)
-        dict(epsilon_scaling=0.3),  # non-integer 1 / q: rebuilt at each level
-        dict(epsilon_scaling=None),
-        dict(max_iter=2),  # stopped while annealing: outputs by passes
-    ):
-        kw = dict(a=a, b=b, epsilon=eps, **opts)
-        online = densax.ot.sinkhorn(
-            x, y, storage="online", block_size=64, **kw
-        )  # no kernel
-        # The kernel built online; from the dense C (the same loop) for the
-        # first and last options.
-        dense = ("dense",) if opts in ({}, dict(max_iter=2)) else ()
-        for storage in ("kernel", *dense):
-            out = densax.ot.sinkhorn(x, y, storage=storage, **kw)
-            assert int(out.n_iter) == int(online.n_iter), (opts, storage)
-            assert bool(out.converged) == bool(online.converged)
-            for key in ("reg_cost", "transport_cost", "f", "g"):
-                np.testing.assert_allclose(
-                    getattr(out, key), getattr(online, key), rtol=rtol, atol=atol
-                )
-
-
-def test_kernel_rebuilds_when_scalings_drift():
-    # The documented interface of the cached kernel: built at (f0, g0, eps)
-    # with zero rows at -inf potentials, and stale (the loop rebuilds it)
-    # when epsilon changes or a finite potential drifts by more than
-    # -eps log(tiny) / 4 (21.8 eps in float32) from where it was built.
-    x, y, a, b = _data(np.float32)
-    cost_fn, eps = costs.SqEuclidean(), jnp.float32(EPS)
-    geom = geometry.make_geom(cost_fn, x, y, None, None)
-    f = jnp.log(jnp.asarray(a)).at[0].set(-jnp.inf)  # a zero weight
-    g = geometry.hard_transform(cost_fn, geom, f, block_size=None, axis_name=None)
-    kern = _kernel.build_kernel(cost_fn, geom, f, g, eps)
-    ref = np.exp((np.asarray(f)[:, None] + np.asarray(g)[None] - geom.cost) / EPS)
-    np.testing.assert_allclose(kern.k, ref, rtol=1e-5, atol=1e-30)
-    assert np.all(np.asarray(kern.k)[0] == 0)
-    bound = -0.25 * EPS * np.log(np.finfo(np.float32).tiny)
-    stale = lambda f, g, e=eps: bool(_kernel.stale(kern, f, g, e, None))
-    assert not stale(f, g) and not stale(f + 0.9 * bound, g - 0.9 * bound)
-    assert stale(f.at[3].add(1.1 * bound), g) and stale(f, g.at[2].add(-1.1 * bound))
-    assert stale(f, g, 0.5 * eps)
-    # End to end: float32 at a small epsilon, where the potentials drift far
-    # from every build, against a converged float64 reference.
-    x, y, a, b = _cloud(np.float32)
-    eps = 2e-3 * float(np.mean(_cost(x, y)))
-    out = densax.ot.sinkhorn(x, y, a=a, b=b, epsilon=eps)
-    assert out.config.storage == "kernel" and bool(out.converged)
-    with jax.enable_x64(True):
-        x64, y64, a64, b64 = _cloud(np.float64)
-        ref = densax.ot.sinkhorn(
-            x64,
-            y64,
-            a=a64,
-            b=b64,
-            epsilon=eps,
-            tol=TIGHT,
-            storage="online",
-            block_size=64,
-        )
-        ref_cost = float(ref.reg_cost)
-    # float32 against a converged float64 reference (2e-8 when written).
-    np.testing.assert_allclose(out.reg_cost, ref_cost, rtol=1e-5)
-
-
-def test_ball_transform_bounds_the_hard_transform(x64):
-    # Loops that cache the kernel start from g_j = max(|y_j - c| - R, 0)^2 -
-    # max f (c the weighted mean of x, R its radius), a lower bound of
-    # min_i (C_ij - f_i) that needs no pass over the costs. y is moved so
-    # that 12 of its 18 points lie outside the ball (the bound is not -max f).
-    x, y, a, _ = _data()
-    y = y + np.array([1.0, 0.0])
-    cost_fn = costs.SqEuclidean()
-    geom = geometry.make_geom(cost_fn, x, y, 8, None)
-    f = np.log(a)
-    bound = geometry.ball_transform(geom, a, jnp.asarray(f), None)
-    exact = np.min(_cost(x, y) - f[:, None], axis=0)
-    assert np.all(np.asarray(bound) <= exact + 1e-12)
-    outside = np.asarray(bound) > -np.max(f)
-    assert 0 < outside.sum() < M  # both cases occur
-
-
-def test_far_clouds_with_a_loose_start_bound_equal_online(dtype):
-    # The zero start's bound. An outlier of x on the side away from y makes
-    # the ball's radius large:
-    # the start bound is ~136 below the true minimum, hundreds of epsilon,
-    # so the first cached kernel underflows (float32) or is stale, and is
-    # rebuilt. Converged tightly, the solve must match the online one, which
-    # starts from the exact minimum.
-    x, y, a, b = _cloud(dtype)
-    x = 0.1 * x
-    x[0] = [-10.0, 0.0]
-    y = 0.1 * y + np.asarray([12.0, 0.0], dtype)
-    tight, rtol = (1e-5, 1e-5) if dtype == np.float32 else (TIGHT, 1e-10)
-    kw = dict(
-        a=a, b=b, epsilon=0.5, epsilon_scaling=None, tol=tight, initializer="zero"
-    )
-    online = densax.ot.sinkhorn(x, y, storage="online", block_size=64, **kw)
-    out = densax.ot.sinkhorn(x, y, storage="auto", **kw)
-    assert bool(out.converged) and bool(online.converged)
-    for key in ("reg_cost", "transport_cost"):
-        np.testing.assert_allclose(getattr(out, key), getattr(online, key), rtol=rtol)
-
-
-def _soft_transform(quad, lin, mean, cov, eps):
-    """Quadratic part ``(F', l')`` of ``-eps log E exp((p(z) - |z - w|^2) / eps)``.
-
-    ``p(z) = z^T F z + l . z`` and ``z ~ N(mean, cov)``: a Gaussian integral
-    (constants dropped).
-    """
-    eye = np.eye(len(mean))
-    prec = np.linalg.inv(cov)
-    m_inv = np.linalg.inv(prec + 2.0 * (eye - quad) / eps)
-    h0 = prec @ mean + lin / eps
-    return eye - 2.0 / eps * m_inv, -2.0 * m_inv @ h0
-
-
-def test_gaussian_start_is_the_entropic_fixed_point(x64):
-    # Between two Gaussians the entropic potentials are quadratics: the
-    # start's f must be a fixed point of the two soft c-transforms (Gaussian
-    # integrals in closed form), and its g the hard c-transform of f over
-    # R^d. Covariances that do not commute, and two epsilons.
-    rng = np.random.default_rng(3)
-    mu, nu = np.array([0.3, -1.0]), np.array([2.0, 0.5])
-    root_s, root_t = rng.normal(size=(2, 2)), rng.normal(size=(2, 2))
-    cov_s = root_s @ root_s.T + 0.2 * np.eye(2)
-    cov_t = root_t @ root_t.T + 0.1 * np.eye(2)
-    pts = rng.normal(size=(12, 2)) * 2.0
-    monomials = np.stack(
-        [pts[:, 0] ** 2, pts[:, 0] * pts[:, 1], pts[:, 1] ** 2, *pts.T, np.ones(12)], 1
-    )
-    for eps in (0.3, 3.0):
-        geom = geometry.Geom(jnp.asarray(pts), jnp.asarray(pts), None, None)
-        f0, g0 = _starts.gaussian_start(
-            geom, jnp.asarray(mu), jnp.asarray(nu), (cov_s, cov_t), eps
-        )
-        coef = np.linalg.lstsq(monomials, np.asarray(f0), rcond=None)[0]
-        np.testing.assert_allclose(monomials @ coef, f0, atol=1e-10)  # quadratic
-        quad = np.array([[coef[0], coef[1] / 2], [coef[1] / 2, coef[2]]])
-        lin = coef[3:5]
-        g_quad, g_lin = _soft_transform(quad, lin, mu, cov_s, eps)
-        f_quad, f_lin = _soft_transform(g_quad, g_lin, nu, cov_t, eps)
-        np.testing.assert_allclose(f_quad, quad, rtol=1e-6, atol=1e-7)
-        np.testing.assert_allclose(f_lin, lin, rtol=1e-6, atol=1e-7)
-        # g0(y) = min_x |x - y|^2 - f0(x) = |y|^2 - (2y + l)^T (I - F)^-1 (2y + l) / 4
-        # up to f0's constant.
-        z = 2.0 * pts + lin
-        hard = np.sum(pts**2, 1) - 0.25 * np.einsum(
-            "ij,jk,ik->i", z, np.linalg.inv(np.eye(2) - quad), z
-        )
-        np.testing.assert_allclose(g0 + coef[5], hard, atol=1e-8)
-
-
-@pytest.mark.parametrize(
-    "n, m, d, spread",
-    [(30, 20, 3, 1.0), (1, 20, 3, 1.0), (30, 20, 3, 0.0), (3, 4, 5, 1.0)],
-    ids=["clouds", "one-point", "flat-x", "d>n"],
-)
-def test_gaussian_start_bounds_the_costs(dtype, n, m, d, spread):
-    # f0_i + g0_j <= C_ij (every exponent of the first kernel <= 0), with
-    # finite values for one point, a cloud of equal points, and d > n.
-    rng = np.random.default_rng(4)
-    x = (rng.normal(size=(n, d)) * spread + 5.0).astype(dtype)
-    y = (rng.normal(size=(m, d)) * 2.0).astype(dtype)
-    a = np.full(n, 1.0 / n, dtype)
-    b = np.full(m, 1.0 / m, dtype)
-    geom = geometry.make_geom(costs.SqEuclidean(), x, y, 64, None)
-    u = np.asarray(geom.x) - a @ np.asarray(geom.x)
-    w = np.asarray(geom.y) - b @ np.asarray(geom.y)
-    covs = (jnp.asarray((u * a[:, None]).T @ u), jnp.asarray((w * b[:, None]).T @ w))
-    f0, g0 = _starts.gaussian_start(
-        geom, a @ geom.x, b @ geom.y, covs, jnp.asarray(0.5, dtype)
-    )
-    assert np.all(np.isfinite(f0)) and np.all(np.isfinite(g0))
-    excess = np.asarray(f0)[:, None] + np.asarray(g0)[None] - _cost(geom.x, geom.y)
-    scale = np.max(_cost(geom.x, geom.y)) + np.max(np.abs(f0))
-    tol = 1e-5 if dtype == np.float32 else 1e-12  # rounding of the expansion
-    assert np.max(excess) <= tol * scale
-    if dtype == np.float32:  # a solve from it (one compilation per shape)
-        out = densax.ot.sinkhorn(x, y, epsilon=0.5, initializer="gaussian")
-        assert bool(out.converged) and np.isfinite(float(out.reg_cost))
-
-
-@pytest.mark.parametrize("block", [None, "kernel", 8])
-def test_gaussian_and_zero_starts_agree(x64, block):
-    # Same fixed point from both starts, cached kernel or not; on Gaussian
-    # clouds the Gaussian start is far closer to it.
-    rng = np.random.default_rng(5)
-    x = rng.normal(size=(120, 3))
-    y = rng.normal(size=(100, 3)) @ np.diag([0.5, 1.0, 2.0]) + 1.0
-    kw = dict(epsilon=1.0, tol=TIGHT, **_store(block), epsilon_scaling=None)
-    gauss = densax.ot.sinkhorn(x, y, initializer="gaussian", **kw)
-    zero = densax.ot.sinkhorn(x, y, initializer="zero", **kw)
-    assert bool(gauss.converged) and bool(zero.converged)
-    np.testing.assert_allclose(gauss.reg_cost, zero.reg_cost, rtol=1e-10)
-    np.testing.assert_allclose(gauss.f, zero.f, atol=1e-8)
-    np.testing.assert_allclose(gauss.g, zero.g, atol=1e-8)
-    assert gauss.trace[0] < zero.trace[0] / 5  # after the first iteration
-    div = [
-        densax.ot.sinkhorn_divergence(x, y, initializer=init, **kw)
-        for init in ("gaussian", "zero")
-    ]
-    np.testing.assert_allclose(div[0].divergence, div[1].divergence, rtol=1e-9)
-    np.testing.assert_allclose(div[0].f_xx, div[1].f_xx, atol=1e-8)
-
-
-def test_initializer_options():
-    # "auto": Gaussian for the squared Euclidean cost when d^3 <= n m, then
-    # no annealing ("auto" epsilon_scaling); the zero start anneals. The one
-    # resolver's choices are what the output records.
-    resolve = lambda cost_fn, n, m, d, **kw: _resolve(
-        densax.ot.SinkhornConfig(), cost_fn=cost_fn, n=n, m=m, d=d, **kw
-    )[0]
-    sq, l1 = costs.SqEuclidean(), costs.Euclidean()
-    assert resolve(sq, 10, 10, 4).initializer == "gaussian"
-    assert resolve(sq, 10, 10, 4).epsilon_scaling is None
-    assert resolve(sq, 10, 10, 5).initializer == "zero"  # 125 > 100
-    assert resolve(sq, 10, 10, 5).epsilon_scaling == 0.5
-    assert resolve(l1, 10, 10, 2).initializer == "zero"
-    assert resolve(None, 10, 10, 0, matrix=True).initializer == "zero"
-    assert resolve(sq, 10, 10, 2, warm=True).initializer == "warm"
-    assert resolve(sq, 10, 10, 2, warm=True).epsilon_scaling is None
-    with pytest.raises(ValueError, match="initializer"):
-        _resolve(
-            densax.ot.SinkhornConfig(initializer="gaussian"),
-            cost_fn=l1,
-            n=10,
-            m=10,
-            d=2,
-        )
-    x, y, _, _ = _data()
-    kw = dict(epsilon=0.05, tol=1e-6)
-    for init, scaling in (("gaussian", None), ("zero", 0.5)):
-        auto = densax.ot.sinkhorn(x, y, initializer=init, **kw)
-        explicit = densax.ot.sinkhorn(
-            x, y, initializer=init, epsilon_scaling=scaling, **kw
-        )
-        np.testing.assert_array_equal(auto.trace, explicit.trace)
-    with pytest.raises(ValueError, match="initializer"):
-        densax.ot.sinkhorn(x, y, cost_fn=l1, initializer="gaussian")
-
-
-def test_no_annealing_within_two_levels_of_the_start(x64):
-    # Annealing runs only when epsilon is at least 1 / q^2 (4x) below the
-    # start (the cost's spread): closer, a level's kernel squaring is not
-    # repaid. Then the solve is the plain one, iteration for iteration.
-    x, y, a, b = _cloud(np.float64)
-    cost = _cost(x, y)
-    w = a[:, None] * b[None, :]
-    spread = np.sqrt(np.sum(w * (cost - np.sum(w * cost)) ** 2))
-    for ratio, anneals in ((3.5, False), (4.5, True)):
-        kw = dict(a=a, b=b, epsilon=spread / ratio, initializer="zero")
-        out = densax.ot.sinkhorn(x, y, **kw)
-        plain = densax.ot.sinkhorn(x, y, epsilon_scaling=None, **kw)
-        same = np.array_equal(out.trace, plain.trace, equal_nan=True)
-        assert same != anneals, ratio
-        assert bool(out.converged)
-
-
-def test_solve_stopped_while_annealing_reports_its_own_dual_value(x64):
-    # Two iterations end above epsilon: the loop's last pass is at another
-    # epsilon, so the plan's mass comes from a pass at the returned
-    # potentials. Reference: the dual objective in closed form.
-    x, y, a, b = _cloud(np.float64)
-    eps = 0.02 * float(np.mean(_cost(x, y)))
-
-    def dual(f, g, wa, wb, cost):
-        plan_mass = np.exp((f[:, None] + g[None] - cost) / eps).sum()
-        fa, gb = wa @ (f - eps * np.log(wa)), wb @ (g - eps * np.log(wb))
-        return fa + gb - eps * (plan_mass - 1.0)
-
-    kw = dict(a=a, b=b, epsilon=eps, max_iter=2)
-    for block in ("auto", None, 64):  # cached kernel online, dense, no kernel
-        out = densax.ot.sinkhorn(x, y, **_store(block), **kw)
-        assert not bool(out.converged)
-        ref = dual(np.asarray(out.f), np.asarray(out.g), a, b, _cost(x, y))
-        np.testing.assert_allclose(out.reg_cost, ref, rtol=1e-12)
-        div = densax.ot.sinkhorn_divergence(x, y, **_store(block), **kw)
-        xy = dual(np.asarray(div.xy.f), np.asarray(div.xy.g), a, b, _cost(x, y))
-        f_xx, g_yy = np.asarray(div.f_xx), np.asarray(div.g_yy)
-        xx = dual(f_xx, f_xx, a, a, _cost(x, x))
-        yy = dual(g_yy, g_yy, b, b, _cost(y, y))
-        np.testing.assert_allclose(div.divergence, xy - 0.5 * (xx + yy), rtol=1e-10)
-
-
-@pytest.mark.parametrize("cost_fn", [costs.SqEuclidean(), costs.Euclidean()])
-def test_one_pass_iteration_keeps_tiny_columns(cost_fn):
-    # An online iteration takes the column masses and, from the same stripe
-    # rescaled, the row masses at the new g (_one_pass). In columns whose
-    # mass is below float32's smallest normal, every entry would flush to 0,
-    # yet after the step (from the mass floored at tiny, as in the two-pass
-    # update) they hold a fair share of b_j. Exponents shifted by
-    # -log(tiny) / 2 keep them. Reference: the same half-steps in float64.
-    x, y, _, b = _data(np.float32)
-    eps = jnp.float32(EPS)
-    geom = geometry.make_geom(cost_fn, x, y, 5, None)
-    f = jnp.zeros(N, jnp.float32)
-    g = geometry.hard_transform(cost_fn, geom, f, block_size=5, axis_name=None)
-    g = g.at[::3].add(-92.0 * eps)  # column masses in [e^-92, 24 e^-92]
-    step, col_err, r = geometry.one_pass(
-        cost_fn,
-        geom,
-        f,
-        g,
-        eps,
-        b,
-        jnp.log(b),
-        lambda step: _acceleration.relax(step, 1.3),
-        block_size=5,
-        axis_name=None,
-    )
-    cost = _cost(x, y) if type(cost_fn) is costs.SqEuclidean else np.sqrt(_cost(x, y))
-    v = (np.asarray(g, np.float64)[None, :] - cost) / EPS
-    t = np.exp(v).sum(0)
-    tiny = np.finfo(np.float32).tiny
-    assert np.all(t[::3] < tiny)
-    ref_step = np.log(b) - np.log(np.maximum(t, tiny))
-    ref_step = ref_step + 0.3 * np.clip(ref_step, -5.0, 5.0)  # omega = 1.3
-    np.testing.assert_allclose(step, ref_step, rtol=1e-6, atol=1e-4)
-    ref_err = np.sum(np.abs(t * np.exp(ref_step) - b))
-    np.testing.assert_allclose(col_err, ref_err, rtol=1e-4)
-    ref_r = np.exp(v + np.asarray(step, np.float64)[None, :]).sum(1)
-    np.testing.assert_allclose(r, ref_r, rtol=1e-5)
-
-
-@pytest.mark.parametrize("cost_fn", [costs.SqEuclidean(), costs.Euclidean()])
-@pytest.mark.parametrize("block", [None, 5])
-def test_cost_scale_and_spread(x64, cost_fn, block):
-    # The mean cost (default epsilon) and its standard deviation under a ⊗ b
-    # (annealing start): closed form from moments for the squared Euclidean
-    # cost, a pass otherwise. y is moved away from x so that the closed
-    # form's terms in the difference of the means matter.
-    x, y, a, b = _data()
-    y = y + 3.0
-    geom = geometry.make_geom(cost_fn, x, y, block, None)
-    mean, spread, _ = geometry.cost_scale(
-        cost_fn, geom, a, b, block_size=block, axis_name=None
-    )
-    cost = _cost(x, y) if type(cost_fn) is costs.SqEuclidean else np.sqrt(_cost(x, y))
-    w = a[:, None] * b[None, :]
-    ref_mean = np.sum(w * cost)
-    np.testing.assert_allclose(mean, ref_mean, rtol=1e-12)
-    np.testing.assert_allclose(
-        spread, np.sqrt(np.sum(w * (cost - ref_mean) ** 2)), rtol=1e-10
-    )
-
-
-def test_auto_block_rows():
-    # About 2^20 entries a block, at least 64 rows for the squared Euclidean
-    # cost (narrower products are 4x slower an entry), 8 for other costs.
-    sq, other = costs.SqEuclidean(), costs.Euclidean()
-
-    def resolve(n, m, cost_fn, **kw):
-        config = densax.ot.SinkhornConfig(**kw)
-        return _resolve(config, cost_fn=cost_fn, n=n, m=m, d=2)[0]
-
-    assert resolve(8192, 4096, sq).block_size == 128
-    assert resolve(8192, 4096, sq).storage == "kernel"  # 2^25 entries
-    assert resolve(10**5, 10**5, sq).block_size == 64
-    assert resolve(10**5, 10**5, sq).storage == "online"
-    assert resolve(10**5, 10**5, other).block_size == 10
-    assert resolve(100, 100, sq).storage == "dense"
-    assert resolve(100, 100, sq).block_size is None
-    assert resolve(100, 100, sq, storage="online").block_size == 1024
-    assert resolve(8192, 4096, sq, differentiation="unroll").storage == "online"
-
-
-def test_defaults_and_output_fields(x64):
-    x, y, a, b = _data()
-    out = densax.ot.sinkhorn(x, y, a=a * 3.0, b=b)  # weights are normalised
-    mean_cost = np.sum(a[:, None] * b[None] * _cost(x, y))
-    np.testing.assert_allclose(out.epsilon, 0.05 * mean_cost, rtol=1e-12)
-    np.testing.assert_allclose(out.a, a, rtol=1e-12)
-    # Gauge: <a, f> = <b, g>.
-    np.testing.assert_allclose(np.dot(a, out.f), np.dot(b, out.g), atol=1e-12)
-    # Plain Sinkhorn without annealing reaches the same solution, slower.
-    plain = densax.ot.sinkhorn(
-        x, y, a=a, b=b, tol=1e-10, relaxation=1.0, epsilon_scaling=None
-    )
-    fast = densax.ot.sinkhorn(x, y, a=a, b=b, tol=1e-10)
-    np.testing.assert_allclose(fast.f, plain.f, atol=1e-9)
-    assert int(fast.n_iter) < int(plain.n_iter)
-
-
-def test_pointcloud_and_to_ott(x64):
-    x, y, _, _ = _data()
-    geom = pointcloud.PointCloud(x, y, epsilon=EPS)
-    out = densax.ot.sinkhorn(geom, tol=1e-9)
-    ref = densax.ot.sinkhorn(x, y, epsilon=EPS, tol=1e-9)
-    np.testing.assert_allclose(out.reg_cost, ref.reg_cost, rtol=1e-12)
-    as_ott = densax.ot.to_ott(out)
-    np.testing.assert_allclose(as_ott.matrix, densax.ot.transport_plan(out), rtol=1e-12)
-    np.testing.assert_allclose(as_ott.primal_cost, out.transport_cost, rtol=1e-10)
-    np.testing.assert_allclose(as_ott.reg_ot_cost, out.reg_cost, rtol=1e-12)
-    assert int(as_ott.n_iters) == int(out.n_iter)
-
-
-@pytest.mark.parametrize(
-    "block, cost_fn",
-    # Dense passes read the stored cost whatever the cost function; online
-    # ones take the matrix-product path (squared Euclidean) or row_pass.
-    [(None, costs.SqEuclidean()), (7, costs.SqEuclidean()), (7, costs.Euclidean())],
-    ids=["dense", "online-sqeuclidean", "online-euclidean"],
-)
-def test_zero_weights(x64, block, cost_fn):
-    x, y, a, b = _data()
-    a, b = a.copy(), b.copy()
-    a[:3] = 0.0
-    b[-2:] = 0.0
-    kw = dict(epsilon=EPS, **_store(block), cost_fn=cost_fn)
-    out = densax.ot.sinkhorn(x, y, a=a, b=b, tol=TIGHT, **kw)
-    sub = densax.ot.sinkhorn(x[3:], y[:-2], a=a[3:], b=b[:-2], tol=TIGHT, **kw)
-    assert out.converged and np.all(np.isneginf(out.f[:3]))
-    assert np.all(np.isneginf(out.g[-2:]))
-    np.testing.assert_allclose(out.reg_cost, sub.reg_cost, rtol=1e-10)
-    np.testing.assert_allclose(out.transport_cost, sub.transport_cost, rtol=1e-10)
-    np.testing.assert_allclose(out.f[3:], sub.f, atol=1e-9)
-    np.testing.assert_allclose(out.g[:-2], sub.g, atol=1e-9)
-    plan = densax.ot.transport_plan(out)
-    assert np.all(plan[:3] == 0) and np.all(plan[:, -2:] == 0)
-    for key, how in (("reg_cost", "envelope"), ("transport_cost", "implicit")):
-        grad = jax.grad(
-            lambda x, key=key, how=how: getattr(
-                densax.ot.sinkhorn(x, y, a=a, b=b, differentiation=how, **kw), key
-            )
-        )(x)
-        assert np.all(np.isfinite(grad)) and np.all(grad[:3] == 0)
-    grad = jax.grad(
-        lambda x: densax.ot.sinkhorn_divergence(x, y, a=a, b=b, **kw).divergence
-    )(x)
-    assert np.all(np.isfinite(grad)) and np.all(grad[:3] == 0)
 
 
 # ---------------------------------------------------------------------------
@@ -751,7 +216,7 @@ def _directional_check(fun, args, scales, rtol, h=1e-5, seed=0):
 
 @pytest.mark.parametrize("mode", ["envelope", "implicit", "unroll"])
 def test_gradients_match_finite_differences(x64, mode):
-    x, y, a, b = _data()
+    x, y, a, b = sample_problem()
     rng = np.random.default_rng(1)
     w = rng.normal(size=N)
     kw = dict(tol=TIGHT, differentiation=mode, max_iter=400)
@@ -772,16 +237,16 @@ def test_gradients_match_finite_differences(x64, mode):
 
 
 def test_envelope_refuses_potential_gradients():
-    x, y, _, _ = _data(np.float32)
+    x, y, _, _ = sample_problem(np.float32)
     with pytest.raises(ValueError, match="differentiation='implicit'"):
         jax.grad(lambda x: densax.ot.sinkhorn(x, y, epsilon=EPS).transport_cost)(x)
 
 
 def test_implicit_gradient_float32_small_epsilon():
-    x, y, _, _ = _data(np.float32)
+    x, y, _, _ = sample_problem(np.float32)
     # epsilon = 0.01 x the mean cost: ott-jax 0.6's float32 implicit gradient
     # already fails here (its linear solve returns non-finite values).
-    eps = 0.01 * float(np.mean(_cost(x, y)))
+    eps = 0.01 * float(np.mean(sq_cost(x, y)))
 
     def loss(x, dtype):
         out = densax.ot.sinkhorn(
@@ -810,7 +275,7 @@ def test_vmap_loop_shapes():
     # jit, vmap, no retracing, float64 of every function: test_ot_api.py.
     # Here: a vmapped while_loop runs each member to its own stop; a fixed
     # number of iterations (min_iter == max_iter) is a scan.
-    x, y, _, _ = _data(np.float32)
+    x, y, _, _ = sample_problem(np.float32)
     ys = jnp.stack([y, y + 0.5, y * 2.0])
     eps = jnp.asarray([0.3, 0.5, 0.8], np.float32)
     batched = jax.vmap(lambda y, e: densax.ot.sinkhorn(x, y, epsilon=e))(ys, eps)
@@ -837,7 +302,7 @@ def test_vmap_loop_shapes():
 
 
 def test_sharded_equals_single_device(mesh):
-    x, y, a, _ = _data(np.float32)  # N = 24 points split over 4 devices
+    x, y, a, _ = sample_problem(np.float32)  # N = 24 points split over 4 devices
     specs = (P("data"), P("data"), P())
 
     u = np.linspace(-1.0, 1.0, N, dtype=np.float32)  # split like x
@@ -894,9 +359,9 @@ def test_sharded_cached_kernel_equals_single_device(mesh):
     # split over 4 devices, the start bound (_ball_transform: psum'd centre,
     # pmax'd radius) and the symmetric start (-max f0 over all points) must
     # be global. Then the divergence's x-x problem gathers its columns.
-    x, y, a, b = _cloud(np.float32, n=1200)  # 300 rows x 260 columns a device
+    x, y, a, b = large_problem(np.float32, n=1200)  # 300 rows x 260 columns a device
     specs = (P("data"), P("data"), P(), P())
-    eps = 0.05 * float(np.mean(_cost(x, y)))
+    eps = 0.05 * float(np.mean(sq_cost(x, y)))
 
     def local(x, a, y, b):
         out = densax.ot.sinkhorn(x, y, a=a, b=b, epsilon=eps, axis_name="data")
@@ -953,13 +418,13 @@ def test_sharded_cached_kernel_equals_single_device(mesh):
     ],
 )
 def test_bad_input(kwargs, error, match):
-    x, y, _, _ = _data(np.float32)
+    x, y, _, _ = sample_problem(np.float32)
     with pytest.raises(error, match=match):
         densax.ot.sinkhorn(x, y, **kwargs)
 
 
 def test_bad_shapes():
-    x, y, _, _ = _data(np.float32)
+    x, y, _, _ = sample_problem(np.float32)
     with pytest.raises(ValueError, match="same dimension"):
         densax.ot.sinkhorn(x, y[:, :1])
     with pytest.raises(ValueError, match="rank"):
@@ -978,7 +443,7 @@ def test_bad_shapes():
 
 
 def test_traced_invalid_values_are_reported():
-    x, y, _, _ = _data(np.float32)
+    x, y, _, _ = sample_problem(np.float32)
     run = jax.jit(lambda x, e: densax.ot.sinkhorn(x, y, epsilon=e))
     bad = run(x, -1.0)
     assert not bool(bad.converged) and np.isnan(bad.reg_cost)
@@ -990,7 +455,7 @@ def test_traced_invalid_values_are_reported():
 
 
 def test_non_convergence_is_flagged_and_finite():
-    x, y, _, _ = _data(np.float32)
+    x, y, _, _ = sample_problem(np.float32)
     out = densax.ot.sinkhorn(x, y, epsilon=0.005, max_iter=5)
     assert not bool(out.converged) and int(out.n_iter) == 5
     assert np.all(np.isfinite(out.f)) and np.isfinite(out.reg_cost)
@@ -998,10 +463,10 @@ def test_non_convergence_is_flagged_and_finite():
 
 @pytest.mark.parametrize("block", ["auto", 5])  # cached kernel, online
 def test_tiny_epsilon_float32_stays_finite(block):
-    x, y, _, _ = _data(np.float32)
-    scale = float(np.mean(_cost(x, y)))
+    x, y, _, _ = sample_problem(np.float32)
+    scale = float(np.mean(sq_cost(x, y)))
     out = densax.ot.sinkhorn_divergence(
-        x, y, epsilon=1e-4 * scale, max_iter=1000, **_store(block)
+        x, y, epsilon=1e-4 * scale, max_iter=1000, **storage_options(block)
     )
     for leaf in (out.divergence, out.xy.f, out.xy.g, out.f_xx, out.xy.transport_cost):
         assert np.all(np.isfinite(leaf))
@@ -1010,9 +475,9 @@ def test_tiny_epsilon_float32_stays_finite(block):
     # The float32 rounding floor (see the tol argument) is reported.
     assert bool(out.xy.converged) == (errors[-1] <= 1e-3)
     # Near the exact OT cost (the marginals are off by at most the error).
-    exact = pot.emd2(np.full(N, 1 / N), np.full(M, 1 / M), _cost(x, y))
+    exact = pot.emd2(np.full(N, 1 / N), np.full(M, 1 / M), sq_cost(x, y))
     np.testing.assert_allclose(
-        out.xy.transport_cost, exact, atol=errors[-1] * _cost(x, y).max() + 1e-3
+        out.xy.transport_cost, exact, atol=errors[-1] * sq_cost(x, y).max() + 1e-3
     )
 
 
@@ -1021,8 +486,8 @@ def test_tiny_epsilon_float32_stays_finite(block):
 
 
 def test_cost_matrix_equals_pot_sinkhorn_log_and_points(x64):
-    x, y, a, b = _data()
-    c = _cost(x, y)
+    x, y, a, b = sample_problem()
+    c = sq_cost(x, y)
     out = densax.ot.sinkhorn(cost_matrix=c, a=a, b=b, epsilon=EPS, tol=TIGHT)
     assert out.config.storage == "dense" and out.config.initializer == "zero"
     assert out.x is None and out.cost_matrix.shape == (N, M)
@@ -1082,7 +547,7 @@ def test_cost_matrix_vmap_over_histograms(x64):
 
 
 def test_warm_start(x64):
-    x, y, a, b = _data()
+    x, y, a, b = sample_problem()
     kw = dict(a=a, b=b, tol=1e-9)
     cold = densax.ot.sinkhorn(x, y, epsilon=EPS, **kw)
     again = densax.ot.sinkhorn(x, y, epsilon=EPS, f_init=cold.f, g_init=cold.g, **kw)
@@ -1150,12 +615,12 @@ def _check_fallback(n, accelerations):
         atol = kw["tol"] * (n - 1) ** 2
         np.testing.assert_allclose(out.transport_cost, plain.transport_cost, atol=atol)
     # The record of the path: a problem the accelerations solve keeps them.
-    xs, ys_, _, _ = _data()
+    xs, ys_, _, _ = sample_problem()
     assert not bool(densax.ot.sinkhorn(xs, ys_, epsilon=EPS, tol=1e-9).fallback)
 
 
 def test_unrolled_gradients_under_shard_map(mesh):
-    x, y, a, _ = _data(np.float32)
+    x, y, a, _ = sample_problem(np.float32)
     x, a = x[:20], a[:20] / a[:20].sum()
     loss = lambda x, a, axis_name=None: (
         densax.ot.sinkhorn(
@@ -1195,7 +660,7 @@ def test_half_precision_is_computed_in_float32():
     # float16 / bfloat16 in: computed in float32 (the Gaussian start's eigh
     # has no half-precision kernel), returned in the input dtype. The values
     # are the float32 solve's of the same (exactly representable) inputs.
-    x, y, _, _ = _data(np.float32)
+    x, y, _, _ = sample_problem(np.float32)
     for dt in (jnp.float16, jnp.bfloat16):
         xh, yh = jnp.asarray(x, dt), jnp.asarray(y, dt)
         x32, y32 = xh.astype(np.float32), yh.astype(np.float32)
@@ -1231,6 +696,6 @@ def test_half_precision_is_computed_in_float32():
 
 
 def test_to_ott_keeps_a_uniform_problem_uniform():
-    x, y, _, _ = _data(np.float32)
+    x, y, _, _ = sample_problem(np.float32)
     out = densax.ot.to_ott(densax.ot.sinkhorn(x, y, epsilon=EPS))
     assert out.ot_prob.is_uniform
