@@ -93,6 +93,21 @@ def floor_loop(pivots: int, nodes: int, passes: int, batch: int | None):
     return run, (s if batch is None else jnp.tile(s, (batch, 1)))
 
 
+def add_floors(case: str, pivots: int, n: int, batch: int | None):
+    """Times :func:`floor_loop` for each count of passes in ``PASSES``."""
+    for k in PASSES:
+        run, s = floor_loop(pivots, 2 * n + 1, k, batch)
+        add(
+            case,
+            f"floor: {pivots} x {k} dependent pass(es)"
+            + ("" if batch is None else ", vmap"),
+            "float64",
+            time_fn(run, s, repeat=args.repeat),
+            size=n,
+            n_iter=pivots,
+        )
+
+
 def pot_emd2(x, y, a, b):
     return pot.emd2(a, b, pot.dist(x, y), numItermax=10**8)
 
@@ -121,16 +136,7 @@ add(
     time_fn(pot_emd2, x, y, a, b, repeat=args.repeat),
     size=N_ONE,
 )
-for k in PASSES:
-    run, s = floor_loop(pivots, 2 * N_ONE + 1, k, None)
-    add(
-        case,
-        f"floor: {pivots} x {k} dependent pass(es)",
-        "float64",
-        time_fn(run, s, repeat=args.repeat),
-        size=N_ONE,
-        n_iter=pivots,
-    )
+add_floors(case, pivots, N_ONE, None)
 
 print(f"\n[2] {BATCH} weighted problems of n = m = {BATCH_N}, vmap")
 probs = [problem(1000 + s, BATCH_N) for s in range(BATCH)]
@@ -163,15 +169,6 @@ add(
     time_fn(pot_loop, xs, ys, as_, bs, repeat=args.repeat),
     size=BATCH_N,
 )
-for k in PASSES:
-    run, s = floor_loop(pivots, 2 * BATCH_N + 1, k, BATCH)
-    add(
-        case,
-        f"floor: {pivots} x {k} dependent pass(es), vmap",
-        "float64",
-        time_fn(run, s, repeat=args.repeat),
-        size=BATCH_N,
-        n_iter=pivots,
-    )
+add_floors(case, pivots, BATCH_N, BATCH)
 
 write_results("ot_exact_floor", records, args, threads)
