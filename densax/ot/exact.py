@@ -30,7 +30,7 @@ optimal plan of the problem projected on that axis. It needs fewer pivots,
 and every iterate is a coupling.
 
 Cost: a pivot is a few dozen small array kernels over ``n + m`` nodes plus
-one priced block of about 16k reduced costs, and random problems take some
+one priced block of about 2k reduced costs, and random problems take some
 ``6 n`` (``n`` in the hundreds) to ``30 n`` (``n`` in the thousands) pivots,
 each a sequential step. On a CPU the per-kernel cost of XLA (dispatch, batched
 gathers and scatters under ``vmap``) dominates, so POT's sequential C++
