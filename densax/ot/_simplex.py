@@ -267,8 +267,10 @@ def solve(
         use2 = min2 <= min1
         delta = jnp.minimum(min1, min2)
         # Along a path to the root the preorder number grows with the depth.
-        out1 = jnp.argmax(jnp.where(side1 & (d1 == delta), pre, -1))
-        out2 = jnp.argmin(jnp.where(side2 & (d2 == delta), pre, size + 1))
+        out1 = jnp.argmax(jnp.where(side1 & (d1 == delta), pre, -1)).astype(jnp.int32)
+        out2 = jnp.argmin(jnp.where(side2 & (d2 == delta), pre, size + 1)).astype(
+            jnp.int32
+        )
         u_out = jnp.where(use2, out2, out1).astype(jnp.int32)
 
         flow = flow + jnp.where(side1, jnp.where(up, -delta, delta), 0)
@@ -304,7 +306,7 @@ def solve(
         # New preorder of S: w's old subtree, then for each path node p_i
         # (i = 1..k, p_k = u_out) p_i and its old subtree minus p_(i-1)'s.
         # Section index of v in S: k + 1 - (number of path intervals holding v).
-        n_path = jnp.sum(path)
+        n_path = jnp.sum(path, dtype=jnp.int32)
         marks = jnp.concatenate(
             [jnp.where(path, pre, size), jnp.where(path, end, size)]
         )
@@ -360,7 +362,7 @@ def solve(
         # gather a copy of every problem's matrix at each iteration).
         block_cost = blocks[0] if n_blocks == 1 else blocks[block]
         rc = block_cost + pi_rows[:, None] - pi_cols[None, :]
-        r = jnp.argmin(jnp.min(rc, axis=1))
+        r = jnp.argmin(jnp.min(rc, axis=1)).astype(jnp.int32)
         row = block_cost[r] + pi_rows[r] - pi_cols
         j = jnp.argmin(row).astype(jnp.int32)
         value = row[j]
