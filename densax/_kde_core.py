@@ -1,7 +1,7 @@
 """The kernels of :mod:`densax.kde` and its blocked, differentiable core.
 
-Kernel constants (exact for every dimension), log-profiles and their
-derivatives, and ``lse[i] = log sum_j w_j k(|z_i - y_j|)`` over query blocks
+Kernel constants (exact for every dimension), the radii of the kernels'
+exact samplers, log-profiles and their derivatives, and ``lse[i] = log sum_j w_j k(|z_i - y_j|)`` over query blocks
 with a custom JVP whose per-block work is rematerialised (see the docstring of
 :mod:`densax.kde`).
 """
@@ -79,6 +79,43 @@ def _kernel_variance(kernel: str, d: int) -> float:
     if kernel == "linear":
         return (d + 1.0) / ((d + 2) * (d + 3))
     return _cosine_moment(d + 1) / (d * _cosine_moment(d - 1))
+
+
+# --------------------------------------------------------------------------
+# Radii of the kernels (exact samplers for densax.kde.sample).
+
+
+def _radius(key, kernel, n, d, dtype):
+    """[n] radii of the standard radial kernel in R^d (exact samplers)."""
+    if kernel == "tophat":
+        return jax.random.uniform(key, (n,), dtype) ** (1.0 / d)
+    if kernel == "epanechnikov":  # r^2 ~ Beta(d/2, 2)
+        return jnp.sqrt(jax.random.beta(key, 0.5 * d, 2.0, (n,), dtype))
+    if kernel == "linear":  # density ~ r^(d-1) (1 - r): Beta(d, 2)
+        return jax.random.beta(key, float(d), 2.0, (n,), dtype)
+    if kernel == "exponential":  # density ~ r^(d-1) exp(-r): Gamma(d)
+        return jax.random.gamma(key, float(d), (n,), dtype)
+    return _cosine_radius(key, n, d, dtype)
+
+
+def _cosine_radius(key, n, d, dtype):
+    """Rejection sampling: propose r^(d-1) on [0, 1), accept w.p. cos(pi r/2)."""
+
+    def missing(carry):
+        return ~jnp.all(carry[2])
+
+    def draw(carry):
+        key, radius, accepted = carry
+        key, k_prop, k_acc = jax.random.split(key, 3)
+        proposal = jax.random.uniform(k_prop, (n,), dtype) ** (1.0 / d)
+        accept = jax.random.uniform(k_acc, (n,), dtype) < jnp.cos(
+            0.5 * jnp.pi * proposal
+        )
+        radius = jnp.where(accept & ~accepted, proposal, radius)
+        return key, radius, accepted | accept
+
+    init = (key, jnp.zeros(n, dtype), jnp.zeros(n, bool))
+    return lax.while_loop(missing, draw, init)[1]
 
 
 # --------------------------------------------------------------------------

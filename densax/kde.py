@@ -81,6 +81,7 @@ from densax._kde_core import (
     _kernel_logsumexp,
     _kernel_variance,
     _log_kernel_integral,
+    _radius,
 )
 from densax._validate import (
     as_float,
@@ -922,39 +923,6 @@ def _check_model(model):
 
 # --------------------------------------------------------------------------
 # Sampling.
-
-
-def _radius(key, kernel, n, d, dtype):
-    """[n] radii of the standard radial kernel in R^d (exact samplers)."""
-    if kernel == "tophat":
-        return jax.random.uniform(key, (n,), dtype) ** (1.0 / d)
-    if kernel == "epanechnikov":  # r^2 ~ Beta(d/2, 2)
-        return jnp.sqrt(jax.random.beta(key, 0.5 * d, 2.0, (n,), dtype))
-    if kernel == "linear":  # density ~ r^(d-1) (1 - r): Beta(d, 2)
-        return jax.random.beta(key, float(d), 2.0, (n,), dtype)
-    if kernel == "exponential":  # density ~ r^(d-1) exp(-r): Gamma(d)
-        return jax.random.gamma(key, float(d), (n,), dtype)
-    return _cosine_radius(key, n, d, dtype)
-
-
-def _cosine_radius(key, n, d, dtype):
-    """Rejection sampling: propose r^(d-1) on [0, 1), accept w.p. cos(pi r/2)."""
-
-    def missing(carry):
-        return ~jnp.all(carry[2])
-
-    def draw(carry):
-        key, radius, accepted = carry
-        key, k_prop, k_acc = jax.random.split(key, 3)
-        proposal = jax.random.uniform(k_prop, (n,), dtype) ** (1.0 / d)
-        accept = jax.random.uniform(k_acc, (n,), dtype) < jnp.cos(
-            0.5 * jnp.pi * proposal
-        )
-        radius = jnp.where(accept & ~accepted, proposal, radius)
-        return key, radius, accepted | accept
-
-    init = (key, jnp.zeros(n, dtype), jnp.zeros(n, bool))
-    return lax.while_loop(missing, draw, init)[1]
 
 
 @functools.partial(jax.jit, static_argnames=("n",))
