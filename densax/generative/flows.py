@@ -776,15 +776,19 @@ class FlowOptions:
       noise: standard deviation of Gaussian noise added to every training
         batch, in units of each feature's standard deviation in the training
         data (noise regularisation; 0 turns it off). The flow then fits the
-        data convolved with that noise: a small bias (a noise of ``s`` on
-        data of per-feature scale 1 widens it by ``s`` in quadrature) traded
-        for less overfitting of the training points. Changes the random
-        stream of the batches' noise only: the batches drawn are the same.
+        data convolved with that noise: a small bias (structure of width
+        ``w`` is widened to ``sqrt(w^2 + (noise * std)^2)``) traded for less
+        overfitting of the training points. The batches drawn are those of a
+        run without noise (the noise has its own random stream).
 
     References:
       Rothfuss et al., *Noise Regularization for Conditional Density
       Estimation*, 2019 (adding noise to the training data as a smoothness
       penalty on the fitted density).
+
+    Example:
+      >>> FlowOptions(noise=0.02, activation="tanh").noise
+      0.02
     """
 
     layers: int = 8
