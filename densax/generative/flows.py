@@ -778,7 +778,9 @@ class FlowOptions:
         data (noise regularisation; 0 turns it off). The flow then fits the
         data convolved with that noise: a small bias (structure of width
         ``w`` is widened to ``sqrt(w^2 + (noise * std)^2)``) traded for less
-        overfitting of the training points. The batches drawn are those of a
+        overfitting of the training points: it helps where the data's
+        finest structure is wide compared with the noise and costs much
+        where it is not (tight clusters). The batches drawn are those of a
         run without noise (the noise has its own random stream).
 
     References:
