@@ -212,6 +212,23 @@ def test_flow_trains_and_its_density_is_the_module(base_run, data):
     assert sample(jax.random.key(0), base_run, 5).shape == (5, 2)
 
 
+def test_noise_regularisation_widens_the_fit_and_is_validated(base_run, data):
+    # The same batches plus Gaussian noise of the data's own scale: the data
+    # the flow sees have twice the variance, so its data-side scale grows.
+    noisy = train(
+        jax.random.key(1), data, method="flow", num_steps=STEPS, noise=1.0, **TINY
+    )
+    assert noisy.finite
+    grow = (
+        noisy.state.params["flow"]["norm"]["log_scale"]
+        - base_run.state.params["flow"]["norm"]["log_scale"]
+    )
+    assert np.all(grow > 0.05), grow
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(ValueError, match="noise"):
+            train(jax.random.key(1), data, method="flow", num_steps=1, noise=bad)
+
+
 def test_flow_fitted_to_a_gaussian_recovers_its_log_density(data):
     run = train(jax.random.key(1), data, method="flow", num_steps=1500, **TINY)
     model = density(run)

@@ -773,6 +773,24 @@ class FlowOptions:
       b1: Adam's first-moment decay.
       b2: Adam's second-moment decay.
       optimizer: an Optax optimiser replacing Adam.
+      noise: standard deviation of Gaussian noise added to every training
+        batch, in units of each feature's standard deviation in the training
+        data (noise regularisation; 0 turns it off). The flow then fits the
+        data convolved with that noise: a small bias (structure of width
+        ``w`` is widened to ``sqrt(w^2 + (noise * std)^2)``) traded for less
+        overfitting of the training points: it helps where the data's
+        finest structure is wide compared with the noise and costs much
+        where it is not (tight clusters). The batches drawn are those of a
+        run without noise (the noise has its own random stream).
+
+    References:
+      Rothfuss et al., *Noise Regularization for Conditional Density
+      Estimation*, 2019 (adding noise to the training data as a smoothness
+      penalty on the fitted density).
+
+    Example:
+      >>> FlowOptions(noise=0.02, activation="tanh").noise
+      0.02
     """
 
     layers: int = 8
@@ -788,6 +806,7 @@ class FlowOptions:
     b1: float = 0.9
     b2: float = 0.999
     optimizer: optax.GradientTransformation | None = None
+    noise: float = 0.0
 
     def __post_init__(self):
         """Normalises ``hidden`` and checks the values."""
@@ -805,6 +824,8 @@ class FlowOptions:
             raise ValueError(
                 f"learning_rate must be positive, got {self.learning_rate}"
             )
+        if not (np.isfinite(self.noise) and self.noise >= 0):
+            raise ValueError(f"noise must be finite and >= 0, got {self.noise}")
 
 
 def _networks(options: FlowOptions, features, dtype, rngs):
@@ -830,6 +851,9 @@ def _prepare(networks: dict[str, nnx.Module], data: jax.Array) -> None:
 
 def _step(ctx: StepContext, params, opt_state, key):
     x = ctx.real_batch(key)
+    if ctx.options.noise:  # static: without noise, the step is unchanged
+        scale = ctx.options.noise * jnp.std(ctx.data, axis=0)
+        x = x + scale * ctx.normal(jax.random.fold_in(key, 1), x.shape[-1])
 
     def loss(p):
         return -batch_mean(ctx.apply("flow", p, x), ctx.axis_name)
