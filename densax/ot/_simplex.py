@@ -50,7 +50,8 @@ __all__ = ["SimplexResult", "block_rows", "solve"]
 # Reduced costs priced per iteration (rows of C times m), about. The pivot
 # count hardly depends on it (a full pricing saves some 15% of the pivots),
 # so the block is small: pricing then costs little beside the pivot's own
-# kernels (``benchmarks/bench_ot_exact.py``; 2k beats 1k and 16k on CPU).
+# kernels. On a quiet CPU 2k and 16k take the same time; on a CPU shared with
+# other work the small block is clearly faster.
 _BLOCK_ELEMENTS = 1 << 11
 # Power iterations for the main axis of the start basis.
 _POWER_STEPS = 8
