@@ -1,8 +1,9 @@
 """The kernels of :mod:`densax.kde` and its blocked, differentiable core.
 
 Kernel constants (exact for every dimension), the radii of the kernels'
-exact samplers, log-profiles and their derivatives, and ``lse[i] = log sum_j w_j k(|z_i - y_j|)`` over query blocks
-with a custom JVP whose per-block work is rematerialised (see the docstring of
+exact samplers, log-profiles and their derivatives, and
+``lse[i] = log sum_j w_j k(|z_i - y_j|)`` over query blocks with a custom JVP
+whose per-block work is rematerialised (see the docstring of
 :mod:`densax.kde`).
 """
 
