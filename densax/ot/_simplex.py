@@ -268,10 +268,8 @@ def solve(
         use2 = min2 <= min1
         delta = jnp.minimum(min1, min2)
         # Along a path to the root the preorder number grows with the depth.
-        out1 = jnp.argmax(jnp.where(side1 & (d1 == delta), pre, -1)).astype(jnp.int32)
-        out2 = jnp.argmin(jnp.where(side2 & (d2 == delta), pre, size + 1)).astype(
-            jnp.int32
-        )
+        out1 = jnp.argmax(jnp.where(side1 & (d1 == delta), pre, -1))
+        out2 = jnp.argmin(jnp.where(side2 & (d2 == delta), pre, size + 1))
         u_out = jnp.where(use2, out2, out1).astype(jnp.int32)
 
         flow = flow + jnp.where(side1, jnp.where(up, -delta, delta), 0)
