@@ -94,19 +94,24 @@ def load(name, seed, n_train, n_test):
     return make(k_train, n_train), make(k_test, n_test)
 
 
-def classical(train_x, test_x, quick):
-    """Gaussian, GMM (K by BIC) and KDE (LOO bandwidth): {model: (nats, note)}."""
-    out = {}
-    g = gaussian.fit(train_x)
-    out["gaussian"] = (float(jnp.mean(gaussian.log_prob(g, test_x))), "")
+def gmm_by_bic(train_x, quick):
+    """(K, GMM) with K by BIC over 4, 8, 16, 32 (8 alone with ``quick``)."""
     best = None
     for k in (8,) if quick else (4, 8, 16, 32):
         fit = gmm.fit(jax.random.key(k), train_x, k, n_init=2)
         bic = float(gmm.bic(fit.model, train_x))
         if best is None or bic < best[0]:
-            best = (bic, k, fit)
-    _, k, fit = best
-    out["gmm"] = (float(jnp.mean(gmm.log_prob(fit.model, test_x))), f"K={k}")
+            best = (bic, k, fit.model)
+    return best[1], best[2]
+
+
+def classical(train_x, test_x, quick):
+    """Gaussian, GMM (K by BIC) and KDE (LOO bandwidth): {model: (nats, note)}."""
+    out = {}
+    g = gaussian.fit(train_x)
+    out["gaussian"] = (float(jnp.mean(gaussian.log_prob(g, test_x))), "")
+    k, model = gmm_by_bic(train_x, quick)
+    out["gmm"] = (float(jnp.mean(gmm.log_prob(model, test_x))), f"K={k}")
     model = kde.fit(train_x, bandwidth="loo").model
     h = float(model.bandwidth)
     out["kde"] = (float(jnp.mean(kde.log_prob(model, test_x))), f"h={h:.3f}")

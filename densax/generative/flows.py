@@ -761,6 +761,13 @@ class FlowOptions:
     Attributes:
       layers: number of coupling layers.
       transform: ``"spline"`` (rational-quadratic) or ``"affine"`` (RealNVP).
+        Affine couplings are smooth but train less reliably at the default
+        step size: with wide conditioners (``hidden=(256, 256)``, 16 layers)
+        Adam's first steps can throw the flow far from the data, and the run
+        may settle on a likelihood worse than its start. Clip the gradients
+        (``optimizer=optax.chain(optax.clip_by_global_norm(1.0),
+        optax.adam(...))``) or lower ``learning_rate``, and read
+        ``result.history.losses["nll"]``.
       linear: ``"lu"`` or ``"reverse"`` between couplings.
       knots: bins of each spline.
       bound: spline interval ``[-bound, bound]`` in standardised units (see
