@@ -217,10 +217,9 @@ def throughput(seed, train_x, repeat):
     return float(fj), float(ours)
 
 
-def fit_densax_flow(seed, train_x, test_x, steps, **options):
-    """The densax flow, defaults but ``options``, batch 256, ``steps`` steps."""
-    t0 = time.perf_counter()
-    res = train(
+def train_flow(seed, train_x, steps, **options):
+    """``train(method="flow")``: defaults but ``options``, batch 256."""
+    return train(
         jax.random.key(seed),
         train_x,
         method="flow",
@@ -230,6 +229,12 @@ def fit_densax_flow(seed, train_x, test_x, steps, **options):
         eval_size=0,
         **options,
     )
+
+
+def fit_densax_flow(seed, train_x, test_x, steps, **options):
+    """The densax flow, defaults but ``options``, batch 256, ``steps`` steps."""
+    t0 = time.perf_counter()
+    res = train_flow(seed, train_x, steps, **options)
     wall = time.perf_counter() - t0
     nats = float(jnp.mean(density(res).log_prob(test_x)))
     return nats, wall, res.finite

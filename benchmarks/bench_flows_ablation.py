@@ -25,17 +25,16 @@ cosine decay from 3e-3. ``--quick``: two moons, 2,000 points, 500 steps.
 import sys
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import parse_args, record, write_results
-from bench_flows import REG, gmm_by_bic, load
+from bench_flows import REG, gmm_by_bic, load, train_flow
 
 from densax import gmm
-from densax.generative import density, train
+from densax.generative import density
 
 NOISE = 0.1  # the datasets' noise standard deviation
 MEMBERS = 4  # flows in the ensemble
@@ -83,17 +82,7 @@ def true_log_prob(x: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 def flow(seed, train_x, steps, **options):
     """A trained flow's density model."""
-    res = train(
-        jax.random.key(seed),
-        train_x,
-        method="flow",
-        num_steps=steps,
-        batch_size=256,
-        chunk_size=max(1, min(1000, steps // 4)),
-        eval_size=0,
-        **options,
-    )
-    return density(res)
+    return density(train_flow(seed, train_x, steps, **options))
 
 
 def models(name, train_x, quick, steps, members):
