@@ -764,10 +764,11 @@ class FlowOptions:
         Affine couplings are smooth but train less reliably at the default
         step size: with wide conditioners (``hidden=(256, 256)``, 16 layers)
         Adam's first steps can throw the flow far from the data, and the run
-        may settle on a likelihood worse than its start. Clip the gradients
-        (``optimizer=optax.chain(optax.clip_by_global_norm(1.0),
-        optax.adam(...))``) or lower ``learning_rate``, and read
-        ``result.history.losses["nll"]``.
+        may settle on a likelihood worse than its start. Clipping the
+        gradients (``optimizer=optax.chain(optax.clip_by_global_norm(1.0),
+        optax.adam(...))``) helps. Whatever the settings, read
+        ``result.history.losses["nll"]``: a run whose loss ends above where
+        it started has failed.
       linear: ``"lu"`` or ``"reverse"`` between couplings.
       knots: bins of each spline.
       bound: spline interval ``[-bound, bound]`` in standardised units (see
