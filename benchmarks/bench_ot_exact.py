@@ -39,9 +39,9 @@ from _common import (  # noqa: E402
 args = parse_args(__doc__)
 threads = limit_peer_threads()
 
-import ot as pot  # noqa: E402
 import scipy.optimize  # noqa: E402
 import scipy.spatial.distance  # noqa: E402
+from _ot_exact_data import batch_problems, pot_emd2, pot_loop, problem  # noqa: E402
 
 from densax import ot  # noqa: E402
 
@@ -68,13 +68,6 @@ def add(*a, **k):
     show(r)
 
 
-def problem(seed, n, uniform=False):
-    rng = np.random.default_rng(seed)
-    x, y = rng.normal(size=(n, 2)), rng.normal(size=(n, 2)) + 0.5
-    a, b = (np.ones(n), np.ones(n)) if uniform else (rng.random(n), rng.random(n))
-    return x, y, a / a.sum(), b / b.sum()
-
-
 @jax.jit
 def densax_emd(x, y, a, b):
     return ot.emd(x, y, a=a, b=b, validate=False)
@@ -90,10 +83,6 @@ def densax_batch(x, y, a, b):
     return jax.vmap(lambda *p: ot.emd2(p[0], p[1], a=p[2], b=p[3], validate=False))(
         x, y, a, b
     )
-
-
-def pot_emd2(x, y, a, b):
-    return pot.emd2(a, b, pot.dist(x, y), numItermax=10**8)
 
 
 def scipy_assignment(x, y):
@@ -151,14 +140,7 @@ for n in SIZES:
     add(case, "scipy (linear_sum_assignment)", "float64", t_sp, size=n)
 
 print(f"\n[3] {BATCH} independent weighted problems of n=m={BATCH_N}, float64")
-probs = [problem(1000 + s, BATCH_N) for s in range(BATCH)]
-xs, ys, as_, bs = (np.stack([p[i] for p in probs]) for i in range(4))
-
-
-def pot_loop(xs, ys, as_, bs):
-    return [pot_emd2(*p) for p in zip(xs, ys, as_, bs, strict=True)]
-
-
+xs, ys, as_, bs = batch_problems(BATCH, BATCH_N)
 t_pot = time_fn(pot_loop, xs, ys, as_, bs, repeat=REPEAT)
 refs = np.array(pot_loop(xs, ys, as_, bs))
 batch_j = [jnp.asarray(v) for v in (xs, ys, as_, bs)]

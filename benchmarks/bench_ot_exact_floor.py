@@ -45,7 +45,7 @@ from _common import (  # noqa: E402
 args = parse_args(__doc__)
 threads = limit_peer_threads()
 
-import ot as pot  # noqa: E402
+from _ot_exact_data import batch_problems, pot_emd2, pot_loop, problem  # noqa: E402
 
 from densax import ot  # noqa: E402
 
@@ -61,14 +61,6 @@ def add(*a, **k):
     records.append(r)
     t = r["time_s"]
     print(f"  {r['case']:<24} {r['impl']:<40} {t * 1e3:10.2f} ms", flush=True)
-
-
-def problem(seed, n):
-    """The weighted problem of ``bench_ot_exact.problem``."""
-    rng = np.random.default_rng(seed)
-    x, y = rng.normal(size=(n, 2)), rng.normal(size=(n, 2)) + 0.5
-    a, b = rng.random(n), rng.random(n)
-    return x, y, a / a.sum(), b / b.sum()
 
 
 def floor_loop(pivots: int, nodes: int, passes: int, batch: int | None):
@@ -108,10 +100,6 @@ def add_floors(case: str, pivots: int, n: int, batch: int | None):
         )
 
 
-def pot_emd2(x, y, a, b):
-    return pot.emd2(a, b, pot.dist(x, y), numItermax=10**8)
-
-
 print(f"threads: {threads}")
 print(f"\n[1] one weighted problem, n = m = {N_ONE}")
 x, y, a, b = problem(N_ONE, N_ONE)
@@ -139,8 +127,7 @@ add(
 add_floors(case, pivots, N_ONE, None)
 
 print(f"\n[2] {BATCH} weighted problems of n = m = {BATCH_N}, vmap")
-probs = [problem(1000 + s, BATCH_N) for s in range(BATCH)]
-xs, ys, as_, bs = (np.stack([p[i] for p in probs]) for i in range(4))
+xs, ys, as_, bs = batch_problems(BATCH, BATCH_N)
 batch_j = [jnp.asarray(v) for v in (xs, ys, as_, bs)]
 emd_batch = jax.jit(jax.vmap(lambda *p: ot.emd(*p[:2], a=p[2], b=p[3], validate=False)))
 counts = np.asarray(emd_batch(*batch_j).n_iter)
@@ -156,11 +143,6 @@ add(
     note=f"one jit(vmap(ot.emd)) call; pivots: median {np.median(counts):.0f}, "
     f"max {pivots}",
 )
-
-
-def pot_loop(xs, ys, as_, bs):
-    return [pot_emd2(*p) for p in zip(xs, ys, as_, bs, strict=True)]
-
 
 add(
     case,
