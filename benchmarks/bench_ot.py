@@ -40,21 +40,7 @@ from _common import (  # noqa: E402
     write_results,
 )
 
-args = parse_args(__doc__)
-threads = limit_peer_threads()
-
-import ot as pot  # noqa: E402
-import scipy.stats  # noqa: E402
-from ott.tools import sliced as ott_sliced  # noqa: E402
-
 from densax import ot  # noqa: E402
-
-QUICK = args.quick
-SIZES = [10**3, 10**4] if QUICK else [10**4, 10**5, 10**6]
-SORT_N = 10**5 if QUICK else 10**6
-SLICED_N = 2000 if QUICK else 10**5
-REPEAT = args.repeat
-records: list[dict] = []
 
 
 def rel(x, ref):
@@ -78,10 +64,7 @@ def show(r):
     )
 
 
-def add(*a, **k):
-    r = record(*a, **k)
-    records.append(r)
-    show(r)
+HOST, XLA = "host", "xla"  # densax's sort strategies
 
 
 def forced(sort, fn):
@@ -89,255 +72,294 @@ def forced(sort, fn):
     return jax.jit(functools.partial(fn, sort=sort))
 
 
-# 1. argsort ------------------------------------------------------------------
-print(f"threads: {threads}")
-print("\n[1] argsort")
-rng = np.random.default_rng(0)
-x = rng.standard_normal(SORT_N)
-xj = jnp.asarray(x)
-case = f"argsort n={SORT_N:.0e}"
-t_np = time_fn(np.argsort, x, repeat=REPEAT)
-add(case, "numpy", "float64", t_np, unit="argsort", size=SORT_N)
-t_xla = time_fn(jax.jit(jnp.argsort), xj, repeat=REPEAT)
-add(
-    case,
-    "xla (jnp.argsort)",
-    "float64",
-    t_xla,
-    unit="argsort",
-    size=SORT_N,
-    note=f"{t_xla['time_s'] / t_np['time_s']:.1f}x NumPy's time",
-)
+def argsort_cases(add, quick, repeat):
+    """[1] NumPy's and XLA's argsort."""
+    sort_n = 10**5 if quick else 10**6
+    print("\n[1] argsort")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(sort_n)
+    xj = jnp.asarray(x)
+    case = f"argsort n={sort_n:.0e}"
+    t_np = time_fn(np.argsort, x, repeat=repeat)
+    add(case, "numpy", "float64", t_np, unit="argsort", size=sort_n)
+    t_xla = time_fn(jax.jit(jnp.argsort), xj, repeat=repeat)
+    add(
+        case,
+        "xla (jnp.argsort)",
+        "float64",
+        t_xla,
+        unit="argsort",
+        size=sort_n,
+        note=f"{t_xla['time_s'] / t_np['time_s']:.1f}x NumPy's time",
+    )
 
-# 2. exact 1D -----------------------------------------------------------------
-print("\n[2] exact 1D Wasserstein, weighted, float64")
-for n in SIZES:
-    rng = np.random.default_rng(n)
-    u, v = rng.standard_normal(n), 1.5 * rng.standard_normal(n) + 0.5
-    a, b = rng.random(n), rng.random(n)
-    an, bn = a / a.sum(), b / b.sum()
-    jargs = tuple(map(jnp.asarray, (u, v, a, b)))
-    jargs_n = tuple(map(jnp.asarray, (u, v, an, bn)))
-    for p in (1, 2):
-        case = f"W{p} n={n:.0e}"
-        ref = (
-            scipy.stats.wasserstein_distance(u, v, a, b)
-            if p == 1
-            else pot.wasserstein_1d(u, v, an, bn, p=p) ** (1 / p)
-        )
-        w1d = lambda u, v, a, b, p=p: ot.wasserstein_1d(u, v, a=a, b=b, p=p)
-        fwd = jax.jit(w1d)
-        t = time_fn(fwd, *jargs, repeat=REPEAT)
-        add(
-            case,
-            "densax",
-            "float64",
-            t,
-            unit="forward",
-            size=n,
-            accuracy={"rel_err": rel(fwd(*jargs), ref)},
-        )
-        t_fwd = t["time_s"]
-        if p == 1:
-            t = time_fn(scipy.stats.wasserstein_distance, u, v, a, b, repeat=REPEAT)
+
+def exact_cases(add, quick, repeat):
+    """[2] exact 1D Wasserstein against SciPy and POT (NumPy and JAX backends)."""
+    import ot as pot
+    import scipy.stats
+
+    print("\n[2] exact 1D Wasserstein, weighted, float64")
+    for n in [10**3, 10**4] if quick else [10**4, 10**5, 10**6]:
+        rng = np.random.default_rng(n)
+        u, v = rng.standard_normal(n), 1.5 * rng.standard_normal(n) + 0.5
+        a, b = rng.random(n), rng.random(n)
+        an, bn = a / a.sum(), b / b.sum()
+        jargs = tuple(map(jnp.asarray, (u, v, a, b)))
+        jargs_n = tuple(map(jnp.asarray, (u, v, an, bn)))
+        for p in (1, 2):
+            case = f"W{p} n={n:.0e}"
+            ref = (
+                scipy.stats.wasserstein_distance(u, v, a, b)
+                if p == 1
+                else pot.wasserstein_1d(u, v, an, bn, p=p) ** (1 / p)
+            )
+            w1d = lambda u, v, a, b, p=p: ot.wasserstein_1d(u, v, a=a, b=b, p=p)
+            fwd = jax.jit(w1d)
+            t = time_fn(fwd, *jargs, repeat=repeat)
             add(
                 case,
-                "scipy",
+                "densax",
                 "float64",
                 t,
                 unit="forward",
                 size=n,
-                accuracy={"rel_err": 0.0},
+                accuracy={"rel_err": rel(fwd(*jargs), ref)},
             )
-        pot_np = lambda u, v, a, b, p=p: pot.wasserstein_1d(u, v, a, b, p=p) ** (1 / p)
-        t = time_fn(pot_np, u, v, an, bn, repeat=REPEAT)
-        add(
-            case,
-            "pot",
-            "float64",
-            t,
-            unit="forward",
-            size=n,
-            accuracy={"rel_err": rel(pot_np(u, v, an, bn), ref)},
-        )
-        pot_jax = jax.jit(pot_np)
-        t = time_fn(pot_jax, *jargs_n, repeat=REPEAT)
-        add(
-            case,
-            "pot (jax backend)",
-            "float64",
-            t,
-            unit="forward",
-            size=n,
-            accuracy={"rel_err": rel(pot_jax(*jargs_n), ref)},
-        )
+            t_fwd = t["time_s"]
+            if p == 1:
+                t = time_fn(scipy.stats.wasserstein_distance, u, v, a, b, repeat=repeat)
+                add(
+                    case,
+                    "scipy",
+                    "float64",
+                    t,
+                    unit="forward",
+                    size=n,
+                    accuracy={"rel_err": 0.0},
+                )
+            pot_np = lambda u, v, a, b, p=p: (
+                pot.wasserstein_1d(u, v, a, b, p=p) ** (1 / p)
+            )
+            t = time_fn(pot_np, u, v, an, bn, repeat=repeat)
+            add(
+                case,
+                "pot",
+                "float64",
+                t,
+                unit="forward",
+                size=n,
+                accuracy={"rel_err": rel(pot_np(u, v, an, bn), ref)},
+            )
+            pot_jax = jax.jit(pot_np)
+            t = time_fn(pot_jax, *jargs_n, repeat=repeat)
+            add(
+                case,
+                "pot (jax backend)",
+                "float64",
+                t,
+                unit="forward",
+                size=n,
+                accuracy={"rel_err": rel(pot_jax(*jargs_n), ref)},
+            )
 
-        grad = jax.jit(jax.value_and_grad(w1d, argnums=(0, 1, 2, 3)))
-        pot_grad = jax.jit(jax.value_and_grad(pot_np, argnums=(0, 1, 2, 3)))
-        # densax normalises the weights, POT does not: at normalised weights,
-        # d/da W(a / Σa) = g - <g, a> for POT's raw gradient g.
-        val, g = grad(*jargs_n)
-        pval, pg = pot_grad(*jargs_n)
-        proj = lambda g, w: g - jnp.sum(g * w)
-        pg = (pg[0], pg[1], proj(pg[2], jargs_n[2]), proj(pg[3], jargs_n[3]))
-        t = time_fn(grad, *jargs, repeat=REPEAT)
-        add(
-            case,
-            "densax",
-            "float64",
-            t,
-            unit="value and grad",
-            size=n,
-            accuracy={"rel_err": rel(val, ref), "grad_rel_err": grad_rel(g, pg)},
-            note=f"{t['time_s'] / t_fwd:.2f}x densax forward",
-        )
-        t = time_fn(pot_grad, *jargs_n, repeat=REPEAT)
-        add(
-            case,
-            "pot (jax backend)",
-            "float64",
-            t,
-            unit="value and grad",
-            size=n,
-            accuracy={"rel_err": rel(pval, ref)},
-        )
+            grad = jax.jit(jax.value_and_grad(w1d, argnums=(0, 1, 2, 3)))
+            pot_grad = jax.jit(jax.value_and_grad(pot_np, argnums=(0, 1, 2, 3)))
+            # densax normalises the weights, POT does not: at normalised weights,
+            # d/da W(a / Σa) = g - <g, a> for POT's raw gradient g.
+            val, g = grad(*jargs_n)
+            pval, pg = pot_grad(*jargs_n)
+            proj = lambda g, w: g - jnp.sum(g * w)
+            pg = (pg[0], pg[1], proj(pg[2], jargs_n[2]), proj(pg[3], jargs_n[3]))
+            t = time_fn(grad, *jargs, repeat=repeat)
+            add(
+                case,
+                "densax",
+                "float64",
+                t,
+                unit="value and grad",
+                size=n,
+                accuracy={"rel_err": rel(val, ref), "grad_rel_err": grad_rel(g, pg)},
+                note=f"{t['time_s'] / t_fwd:.2f}x densax forward",
+            )
+            t = time_fn(pot_grad, *jargs_n, repeat=repeat)
+            add(
+                case,
+                "pot (jax backend)",
+                "float64",
+                t,
+                unit="value and grad",
+                size=n,
+                accuracy={"rel_err": rel(pval, ref)},
+            )
 
-# 3. dispatch -----------------------------------------------------------------
-print("\n[3] host sort or XLA sort: the sort strategy's size threshold")
-HOST, XLA = "host", "xla"
-for n in [256, 4096] if QUICK else [256, 1024, 4096, 16384]:
-    rng = np.random.default_rng(n + 1)
-    jargs = tuple(
-        jnp.asarray(x, jnp.float32)
-        for x in (
-            rng.standard_normal(n),
-            rng.standard_normal(n),
-            rng.random(n),
-            rng.random(n),
+
+def dispatch_cases(add, quick, repeat):
+    """[3] the sort strategy's threshold: host sort or XLA sort."""
+    import scipy.stats
+
+    print("\n[3] host sort or XLA sort: the sort strategy's size threshold")
+    for n in [256, 4096] if quick else [256, 1024, 4096, 16384]:
+        rng = np.random.default_rng(n + 1)
+        jargs = tuple(
+            jnp.asarray(x, jnp.float32)
+            for x in (
+                rng.standard_normal(n),
+                rng.standard_normal(n),
+                rng.random(n),
+                rng.random(n),
+            )
         )
+        w1d = lambda u, v, a, b, sort="auto": ot.wasserstein_1d(
+            u, v, a=a, b=b, sort=sort
+        )
+        ref = scipy.stats.wasserstein_distance(*map(np.asarray, jargs))
+        case = f"W1 n=m={n}"
+        for impl, fn in (
+            ("densax", jax.jit(w1d)),
+            ("densax (XLA sort)", forced(XLA, w1d)),
+            ("densax (host sort)", forced(HOST, w1d)),
+        ):
+            t = time_fn(fn, *jargs, repeat=max(repeat, 20))
+            add(
+                case,
+                impl,
+                "float32",
+                t,
+                unit="forward",
+                size=n,
+                accuracy={"rel_err": rel(fn(*jargs), ref)},
+            )
+
+    key = jax.random.key(0)
+    for n, n_proj in ((256, 200),) if quick else ((256, 50), (256, 200)):
+        kx, ky = jax.random.split(jax.random.key(n_proj))
+        x = jax.random.normal(kx, (n, 2))
+        y = jax.random.normal(ky, (n, 2)) * 0.5 + 2.0
+        loss = lambda x, y, n_proj=n_proj, sort="auto": ot.sliced_wasserstein(
+            key, x, y, n_projections=n_proj, sort=sort
+        )
+        step = jax.value_and_grad(loss)
+        case = f"SW2 step n={n} L={n_proj}"
+        ref = float(jax.jit(loss)(x, y))
+        for impl, fn in (
+            ("densax", jax.jit(step)),
+            ("densax (XLA sort)", forced(XLA, step)),
+            ("densax (host sort)", forced(HOST, step)),
+        ):
+            t = time_fn(fn, x, y, repeat=max(repeat, 20))
+            add(
+                case,
+                impl,
+                "float32",
+                t,
+                unit="value and grad",
+                size=n * n_proj,
+                accuracy={"rel_err": rel(fn(x, y)[0], ref)},
+            )
+
+
+def sliced_cases(add, quick, repeat):
+    """[4] sliced Wasserstein against POT and ott-jax."""
+    import ot as pot
+    from ott.tools import sliced as ott_sliced
+
+    sliced_n = 2000 if quick else 10**5
+    print("\n[4] sliced Wasserstein, 200 directions, d = 10, float32")
+    d, n_proj = 10, 200
+    rng = np.random.default_rng(1)
+    x64 = rng.standard_normal((sliced_n, d))
+    y64 = rng.standard_normal((sliced_n, d)) * np.linspace(0.5, 2.0, d) + 0.3
+    theta64 = np.asarray(
+        ot.random_directions(jax.random.key(1), n_proj, d, dtype=float)
     )
-    w1d = lambda u, v, a, b, sort="auto": ot.wasserstein_1d(u, v, a=a, b=b, sort=sort)
-    ref = scipy.stats.wasserstein_distance(*map(np.asarray, jargs))
-    case = f"W1 n=m={n}"
-    for impl, fn in (
-        ("densax", jax.jit(w1d)),
-        ("densax (XLA sort)", forced(XLA, w1d)),
-        ("densax (host sort)", forced(HOST, w1d)),
-    ):
-        t = time_fn(fn, *jargs, repeat=max(REPEAT, 20))
-        add(
-            case,
-            impl,
-            "float32",
-            t,
-            unit="forward",
-            size=n,
-            accuracy={"rel_err": rel(fn(*jargs), ref)},
-        )
+    ref = pot.sliced_wasserstein_distance(x64, y64, projections=theta64.T, p=2)
+    x, y, theta = (np.asarray(z, np.float32) for z in (x64, y64, theta64))
+    xj, yj, thetaj = map(jnp.asarray, (x, y, theta))
+    case = f"SW2 n={sliced_n:.0e} d={d} L={n_proj}"
 
-key = jax.random.key(0)
-for n, n_proj in ((256, 200),) if QUICK else ((256, 50), (256, 200)):
-    kx, ky = jax.random.split(jax.random.key(n_proj))
-    x = jax.random.normal(kx, (n, 2))
-    y = jax.random.normal(ky, (n, 2)) * 0.5 + 2.0
-    loss = lambda x, y, n_proj=n_proj, sort="auto": ot.sliced_wasserstein(
-        key, x, y, n_projections=n_proj, sort=sort
+    sw = lambda x, y: ot.sliced_wasserstein(None, x, y, projections=thetaj, p=2)
+    fwd = jax.jit(sw)
+    t = time_fn(fwd, xj, yj, repeat=repeat)
+    add(
+        case,
+        "densax",
+        "float32",
+        t,
+        unit="forward",
+        size=sliced_n,
+        accuracy={"rel_err": rel(fwd(xj, yj), ref)},
     )
-    step = jax.value_and_grad(loss)
-    case = f"SW2 step n={n} L={n_proj}"
-    ref = float(jax.jit(loss)(x, y))
-    for impl, fn in (
-        ("densax", jax.jit(step)),
-        ("densax (XLA sort)", forced(XLA, step)),
-        ("densax (host sort)", forced(HOST, step)),
-    ):
-        t = time_fn(fn, x, y, repeat=max(REPEAT, 20))
-        add(
-            case,
-            impl,
-            "float32",
-            t,
-            unit="value and grad",
-            size=n * n_proj,
-            accuracy={"rel_err": rel(fn(x, y)[0], ref)},
-        )
+    pot_sw = lambda x, y: pot.sliced_wasserstein_distance(
+        x, y, projections=theta.T, p=2
+    )
+    t = time_fn(pot_sw, x, y, repeat=repeat)
+    add(
+        case,
+        "pot",
+        "float32",
+        t,
+        unit="forward",
+        size=sliced_n,
+        accuracy={"rel_err": rel(pot_sw(x, y), ref)},
+    )
 
-# 4. sliced -------------------------------------------------------------------
-print("\n[4] sliced Wasserstein, 200 directions, d = 10, float32")
-d, n_proj = 10, 200
-rng = np.random.default_rng(1)
-x64 = rng.standard_normal((SLICED_N, d))
-y64 = rng.standard_normal((SLICED_N, d)) * np.linspace(0.5, 2.0, d) + 0.3
-theta64 = np.asarray(ot.random_directions(jax.random.key(1), n_proj, d, dtype=float))
-ref = pot.sliced_wasserstein_distance(x64, y64, projections=theta64.T, p=2)
-x, y, theta = (np.asarray(z, np.float32) for z in (x64, y64, theta64))
-xj, yj, thetaj = map(jnp.asarray, (x, y, theta))
-case = f"SW2 n={SLICED_N:.0e} d={d} L={n_proj}"
+    def ott_sw(x, y):
+        cost, _ = ott_sliced.sliced_wasserstein(x, y, proj_fn=lambda z: z @ thetaj.T)
+        return jnp.sqrt(cost)
 
-sw = lambda x, y: ot.sliced_wasserstein(None, x, y, projections=thetaj, p=2)
-fwd = jax.jit(sw)
-t = time_fn(fwd, xj, yj, repeat=REPEAT)
-add(
-    case,
-    "densax",
-    "float32",
-    t,
-    unit="forward",
-    size=SLICED_N,
-    accuracy={"rel_err": rel(fwd(xj, yj), ref)},
-)
-pot_sw = lambda x, y: pot.sliced_wasserstein_distance(x, y, projections=theta.T, p=2)
-t = time_fn(pot_sw, x, y, repeat=REPEAT)
-add(
-    case,
-    "pot",
-    "float32",
-    t,
-    unit="forward",
-    size=SLICED_N,
-    accuracy={"rel_err": rel(pot_sw(x, y), ref)},
-)
+    ott_fwd = jax.jit(ott_sw)
+    t = time_fn(ott_fwd, xj, yj, repeat=repeat)
+    add(
+        case,
+        "ott",
+        "float32",
+        t,
+        unit="forward",
+        size=sliced_n,
+        accuracy={"rel_err": rel(ott_fwd(xj, yj), ref)},
+    )
 
-
-def ott_sw(x, y):
-    cost, _ = ott_sliced.sliced_wasserstein(x, y, proj_fn=lambda z: z @ thetaj.T)
-    return jnp.sqrt(cost)
+    grad = jax.jit(jax.value_and_grad(sw))
+    ott_grad = jax.jit(jax.value_and_grad(ott_sw))
+    (val, g), (oval, og) = grad(xj, yj), ott_grad(xj, yj)
+    t = time_fn(grad, xj, yj, repeat=repeat)
+    add(
+        case,
+        "densax",
+        "float32",
+        t,
+        unit="value and grad",
+        size=sliced_n,
+        accuracy={"rel_err": rel(val, ref), "grad_rel_err": grad_rel([g], [og])},
+    )
+    t = time_fn(ott_grad, xj, yj, repeat=repeat)
+    add(
+        case,
+        "ott",
+        "float32",
+        t,
+        unit="value and grad",
+        size=sliced_n,
+        accuracy={"rel_err": rel(oval, ref)},
+    )
 
 
-ott_fwd = jax.jit(ott_sw)
-t = time_fn(ott_fwd, xj, yj, repeat=REPEAT)
-add(
-    case,
-    "ott",
-    "float32",
-    t,
-    unit="forward",
-    size=SLICED_N,
-    accuracy={"rel_err": rel(ott_fwd(xj, yj), ref)},
-)
+def main():
+    args = parse_args(__doc__)
+    threads = limit_peer_threads()  # before the peers (POT, SciPy) are imported
+    records: list[dict] = []
 
-grad = jax.jit(jax.value_and_grad(sw))
-ott_grad = jax.jit(jax.value_and_grad(ott_sw))
-(val, g), (oval, og) = grad(xj, yj), ott_grad(xj, yj)
-t = time_fn(grad, xj, yj, repeat=REPEAT)
-add(
-    case,
-    "densax",
-    "float32",
-    t,
-    unit="value and grad",
-    size=SLICED_N,
-    accuracy={"rel_err": rel(val, ref), "grad_rel_err": grad_rel([g], [og])},
-)
-t = time_fn(ott_grad, xj, yj, repeat=REPEAT)
-add(
-    case,
-    "ott",
-    "float32",
-    t,
-    unit="value and grad",
-    size=SLICED_N,
-    accuracy={"rel_err": rel(oval, ref)},
-)
+    def add(*a, **k):
+        r = record(*a, **k)
+        records.append(r)
+        show(r)
 
-write_results("ot_1d", records, args, threads)
+    print(f"threads: {threads}")
+    for part in (argsort_cases, exact_cases, dispatch_cases, sliced_cases):
+        part(add, args.quick, args.repeat)
+    write_results("ot_1d", records, args, threads)
+
+
+if __name__ == "__main__":
+    main()

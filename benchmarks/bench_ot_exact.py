@@ -36,20 +36,7 @@ from _common import (  # noqa: E402
     write_results,
 )
 
-args = parse_args(__doc__)
-threads = limit_peer_threads()
-
-import scipy.optimize  # noqa: E402
-import scipy.spatial.distance  # noqa: E402
-from _ot_exact_data import batch_problems, pot_emd2, pot_loop, problem  # noqa: E402
-
 from densax import ot  # noqa: E402
-
-QUICK = args.quick
-SIZES = [100, 200] if QUICK else [500, 1000, 2000, 4000]
-BATCH, BATCH_N = (16, 32) if QUICK else (256, 128)
-REPEAT = args.repeat
-records: list[dict] = []
 
 
 def show(r):
@@ -60,12 +47,6 @@ def show(r):
         f"{r.get('n_iter', '')}",
         flush=True,
     )
-
-
-def add(*a, **k):
-    r = record(*a, **k)
-    records.append(r)
-    show(r)
 
 
 @jax.jit
@@ -85,77 +66,114 @@ def densax_batch(x, y, a, b):
     )
 
 
-def scipy_assignment(x, y):
-    cost = scipy.spatial.distance.cdist(x, y, "sqeuclidean")
-    rows, cols = scipy.optimize.linear_sum_assignment(cost)
-    return cost[rows, cols].sum()
+def emd_cases(add, sizes, repeat):
+    """[1] one weighted problem per size: ``ot.emd`` against POT's ``emd2``."""
+    from _ot_exact_data import pot_emd2, problem
+
+    print("\n[1] one weighted problem, float64")
+    for n in sizes:
+        x, y, a, b = problem(n, n)
+        args_j = [jnp.asarray(v) for v in (x, y, a, b)]
+        rep = repeat if n <= 1000 else 1
+        t_pot = time_fn(pot_emd2, x, y, a, b, repeat=rep)
+        ref = pot_emd2(x, y, a, b)
+        t_dx = time_fn(densax_emd, *args_j, repeat=rep)
+        out = densax_emd(*args_j)
+        case = f"emd n=m={n}"
+        add(
+            case,
+            "densax",
+            "float64",
+            t_dx,
+            size=n,
+            n_iter=int(out.n_iter),
+            accuracy={
+                "rel_err": abs(float(out.cost) - ref) / ref,
+                "gap": float(out.gap),
+                "dual_infeas": float(out.dual_infeasibility),
+            },
+            note=f"converged={bool(out.converged)}",
+        )
+        add(case, "pot (emd2, C++)", "float64", t_pot, size=n)
 
 
-print(f"threads: {threads}")
-print("\n[1] one weighted problem, float64")
-for n in SIZES:
-    x, y, a, b = problem(n, n)
-    args_j = [jnp.asarray(v) for v in (x, y, a, b)]
-    rep = REPEAT if n <= 1000 else 1
-    t_pot = time_fn(pot_emd2, x, y, a, b, repeat=rep)
-    ref = pot_emd2(x, y, a, b)
-    t_dx = time_fn(densax_emd, *args_j, repeat=rep)
-    out = densax_emd(*args_j)
-    case = f"emd n=m={n}"
+def assignment_cases(add, sizes, repeat):
+    """[2] uniform square problems: ``ot.assignment`` against SciPy."""
+    import scipy.optimize
+    import scipy.spatial.distance
+    from _ot_exact_data import problem
+
+    def scipy_assignment(x, y):
+        cost = scipy.spatial.distance.cdist(x, y, "sqeuclidean")
+        rows, cols = scipy.optimize.linear_sum_assignment(cost)
+        return cost[rows, cols].sum()
+
+    print("\n[2] uniform square assignment, float64")
+    for n in sizes:
+        x, y, _, _ = problem(n + 1, n, uniform=True)
+        xj, yj = jnp.asarray(x), jnp.asarray(y)
+        rep = repeat if n <= 1000 else 1
+        t_sp = time_fn(scipy_assignment, x, y, repeat=rep)
+        ref = scipy_assignment(x, y)
+        t_dx = time_fn(densax_assignment, xj, yj, repeat=rep)
+        out = densax_assignment(xj, yj)
+        case = f"assignment n={n}"
+        add(
+            case,
+            "densax",
+            "float64",
+            t_dx,
+            size=n,
+            accuracy={
+                "rel_err": abs(float(out.cost) - ref) / ref,
+                "gap": float(out.gap),
+            },
+            note=f"converged={bool(out.converged)}",
+        )
+        add(case, "scipy (linear_sum_assignment)", "float64", t_sp, size=n)
+
+
+def batch_cases(add, batch, n, repeat):
+    """[3] ``batch`` problems of ``n`` points: one ``jit(vmap)`` call, POT's loop."""
+    from _ot_exact_data import batch_problems, pot_loop
+
+    print(f"\n[3] {batch} independent weighted problems of n=m={n}, float64")
+    xs, ys, as_, bs = batch_problems(batch, n)
+    t_pot = time_fn(pot_loop, xs, ys, as_, bs, repeat=repeat)
+    refs = np.array(pot_loop(xs, ys, as_, bs))
+    batch_j = [jnp.asarray(v) for v in (xs, ys, as_, bs)]
+    t_dx = time_fn(densax_batch, *batch_j, repeat=repeat)
+    vals = np.asarray(densax_batch(*batch_j))
+    case = f"batch {batch} x n=m={n}"
     add(
         case,
         "densax",
         "float64",
         t_dx,
         size=n,
-        n_iter=int(out.n_iter),
-        accuracy={
-            "rel_err": abs(float(out.cost) - ref) / ref,
-            "gap": float(out.gap),
-            "dual_infeas": float(out.dual_infeasibility),
-        },
-        note=f"converged={bool(out.converged)}",
+        note="one jit(vmap(emd2)) call",
+        accuracy={"max_rel_err": float(np.max(np.abs(vals - refs) / refs))},
     )
-    add(case, "pot (emd2, C++)", "float64", t_pot, size=n)
+    add(case, "pot loop (emd2)", "float64", t_pot, size=n)
 
-print("\n[2] uniform square assignment, float64")
-for n in SIZES:
-    x, y, _, _ = problem(n + 1, n, uniform=True)
-    xj, yj = jnp.asarray(x), jnp.asarray(y)
-    rep = REPEAT if n <= 1000 else 1
-    t_sp = time_fn(scipy_assignment, x, y, repeat=rep)
-    ref = scipy_assignment(x, y)
-    t_dx = time_fn(densax_assignment, xj, yj, repeat=rep)
-    out = densax_assignment(xj, yj)
-    case = f"assignment n={n}"
-    add(
-        case,
-        "densax",
-        "float64",
-        t_dx,
-        size=n,
-        accuracy={"rel_err": abs(float(out.cost) - ref) / ref, "gap": float(out.gap)},
-        note=f"converged={bool(out.converged)}",
-    )
-    add(case, "scipy (linear_sum_assignment)", "float64", t_sp, size=n)
 
-print(f"\n[3] {BATCH} independent weighted problems of n=m={BATCH_N}, float64")
-xs, ys, as_, bs = batch_problems(BATCH, BATCH_N)
-t_pot = time_fn(pot_loop, xs, ys, as_, bs, repeat=REPEAT)
-refs = np.array(pot_loop(xs, ys, as_, bs))
-batch_j = [jnp.asarray(v) for v in (xs, ys, as_, bs)]
-t_dx = time_fn(densax_batch, *batch_j, repeat=REPEAT)
-vals = np.asarray(densax_batch(*batch_j))
-case = f"batch {BATCH} x n=m={BATCH_N}"
-add(
-    case,
-    "densax",
-    "float64",
-    t_dx,
-    size=BATCH_N,
-    note="one jit(vmap(emd2)) call",
-    accuracy={"max_rel_err": float(np.max(np.abs(vals - refs) / refs))},
-)
-add(case, "pot loop (emd2)", "float64", t_pot, size=BATCH_N)
+def main():
+    args = parse_args(__doc__)
+    threads = limit_peer_threads()  # before the peers (POT, SciPy) are imported
+    records: list[dict] = []
 
-write_results("ot_exact", records, args, threads)
+    def add(*a, **k):
+        r = record(*a, **k)
+        records.append(r)
+        show(r)
+
+    sizes = [100, 200] if args.quick else [500, 1000, 2000, 4000]
+    print(f"threads: {threads}")
+    emd_cases(add, sizes, args.repeat)
+    assignment_cases(add, sizes, args.repeat)
+    batch_cases(add, *((16, 32) if args.quick else (256, 128)), args.repeat)
+    write_results("ot_exact", records, args, threads)
+
+
+if __name__ == "__main__":
+    main()

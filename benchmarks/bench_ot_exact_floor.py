@@ -42,25 +42,9 @@ from _common import (  # noqa: E402
     write_results,
 )
 
-args = parse_args(__doc__)
-threads = limit_peer_threads()
-
-from _ot_exact_data import batch_problems, pot_emd2, pot_loop, problem  # noqa: E402
-
 from densax import ot  # noqa: E402
 
-QUICK = args.quick
-N_ONE = 200 if QUICK else 1000
-BATCH, BATCH_N = (16, 32) if QUICK else (256, 128)
 PASSES = (1, 10)
-records: list[dict] = []
-
-
-def add(*a, **k):
-    r = record(*a, **k)
-    records.append(r)
-    t = r["time_s"]
-    print(f"  {r['case']:<24} {r['impl']:<40} {t * 1e3:10.2f} ms", flush=True)
 
 
 def floor_loop(pivots: int, nodes: int, passes: int, batch: int | None):
@@ -85,7 +69,7 @@ def floor_loop(pivots: int, nodes: int, passes: int, batch: int | None):
     return run, (s if batch is None else jnp.tile(s, (batch, 1)))
 
 
-def add_floors(case: str, pivots: int, n: int, batch: int | None):
+def add_floors(add, repeat, case: str, pivots: int, n: int, batch: int | None):
     """Times :func:`floor_loop` for each count of passes in ``PASSES``."""
     for k in PASSES:
         run, s = floor_loop(pivots, 2 * n + 1, k, batch)
@@ -94,63 +78,92 @@ def add_floors(case: str, pivots: int, n: int, batch: int | None):
             f"floor: {pivots} x {k} dependent pass(es)"
             + ("" if batch is None else ", vmap"),
             "float64",
-            time_fn(run, s, repeat=args.repeat),
+            time_fn(run, s, repeat=repeat),
             size=n,
             n_iter=pivots,
         )
 
 
-print(f"threads: {threads}")
-print(f"\n[1] one weighted problem, n = m = {N_ONE}")
-x, y, a, b = problem(N_ONE, N_ONE)
-emd = jax.jit(lambda *p: ot.emd(*p[:2], a=p[2], b=p[3], validate=False))
-args_j = [jnp.asarray(v) for v in (x, y, a, b)]
-out = emd(*args_j)
-pivots = int(out.n_iter)
-case = f"emd n=m={N_ONE}"
-add(
-    case,
-    "densax",
-    "float64",
-    time_fn(emd, *args_j, repeat=args.repeat),
-    size=N_ONE,
-    n_iter=pivots,
-    note="ot.emd, jitted",
-)
-add(
-    case,
-    "pot (emd2, C++)",
-    "float64",
-    time_fn(pot_emd2, x, y, a, b, repeat=args.repeat),
-    size=N_ONE,
-)
-add_floors(case, pivots, N_ONE, None)
+def one_problem(add, n, repeat):
+    """[1] ``ot.emd`` and POT on one weighted problem, then the floors."""
+    from _ot_exact_data import pot_emd2, problem
 
-print(f"\n[2] {BATCH} weighted problems of n = m = {BATCH_N}, vmap")
-xs, ys, as_, bs = batch_problems(BATCH, BATCH_N)
-batch_j = [jnp.asarray(v) for v in (xs, ys, as_, bs)]
-emd_batch = jax.jit(jax.vmap(lambda *p: ot.emd(*p[:2], a=p[2], b=p[3], validate=False)))
-counts = np.asarray(emd_batch(*batch_j).n_iter)
-pivots = int(counts.max())
-case = f"batch {BATCH} x n=m={BATCH_N}"
-add(
-    case,
-    "densax",
-    "float64",
-    time_fn(emd_batch, *batch_j, repeat=args.repeat),
-    size=BATCH_N,
-    n_iter=pivots,
-    note=f"one jit(vmap(ot.emd)) call; pivots: median {np.median(counts):.0f}, "
-    f"max {pivots}",
-)
+    print(f"\n[1] one weighted problem, n = m = {n}")
+    x, y, a, b = problem(n, n)
+    emd = jax.jit(lambda *p: ot.emd(*p[:2], a=p[2], b=p[3], validate=False))
+    args_j = [jnp.asarray(v) for v in (x, y, a, b)]
+    out = emd(*args_j)
+    pivots = int(out.n_iter)
+    case = f"emd n=m={n}"
+    add(
+        case,
+        "densax",
+        "float64",
+        time_fn(emd, *args_j, repeat=repeat),
+        size=n,
+        n_iter=pivots,
+        note="ot.emd, jitted",
+    )
+    add(
+        case,
+        "pot (emd2, C++)",
+        "float64",
+        time_fn(pot_emd2, x, y, a, b, repeat=repeat),
+        size=n,
+    )
+    add_floors(add, repeat, case, pivots, n, None)
 
-add(
-    case,
-    "pot loop (emd2)",
-    "float64",
-    time_fn(pot_loop, xs, ys, as_, bs, repeat=args.repeat),
-    size=BATCH_N,
-)
-add_floors(case, pivots, BATCH_N, BATCH)
 
-write_results("ot_exact_floor", records, args, threads)
+def batch_of_problems(add, batch, n, repeat):
+    """[2] ``batch`` problems under ``vmap`` and POT's loop, then the floors."""
+    from _ot_exact_data import batch_problems, pot_loop
+
+    print(f"\n[2] {batch} weighted problems of n = m = {n}, vmap")
+    xs, ys, as_, bs = batch_problems(batch, n)
+    batch_j = [jnp.asarray(v) for v in (xs, ys, as_, bs)]
+    emd_batch = jax.jit(
+        jax.vmap(lambda *p: ot.emd(*p[:2], a=p[2], b=p[3], validate=False))
+    )
+    counts = np.asarray(emd_batch(*batch_j).n_iter)
+    pivots = int(counts.max())
+    case = f"batch {batch} x n=m={n}"
+    add(
+        case,
+        "densax",
+        "float64",
+        time_fn(emd_batch, *batch_j, repeat=repeat),
+        size=n,
+        n_iter=pivots,
+        note=f"one jit(vmap(ot.emd)) call; pivots: median {np.median(counts):.0f}, "
+        f"max {pivots}",
+    )
+
+    add(
+        case,
+        "pot loop (emd2)",
+        "float64",
+        time_fn(pot_loop, xs, ys, as_, bs, repeat=repeat),
+        size=n,
+    )
+    add_floors(add, repeat, case, pivots, n, batch)
+
+
+def main():
+    args = parse_args(__doc__)
+    threads = limit_peer_threads()  # before POT is imported
+    records: list[dict] = []
+
+    def add(*a, **k):
+        r = record(*a, **k)
+        records.append(r)
+        t = r["time_s"]
+        print(f"  {r['case']:<24} {r['impl']:<40} {t * 1e3:10.2f} ms", flush=True)
+
+    print(f"threads: {threads}")
+    one_problem(add, 200 if args.quick else 1000, args.repeat)
+    batch_of_problems(add, *((16, 32) if args.quick else (256, 128)), args.repeat)
+    write_results("ot_exact_floor", records, args, threads)
+
+
+if __name__ == "__main__":
+    main()
