@@ -13,6 +13,7 @@ import pytest
 from flax import nnx
 from scipy import stats
 
+from densax import datasets
 from densax.generative import (
     FlowDensity,
     GeneratorOptions,
@@ -200,6 +201,7 @@ def base_run(data):
 
 def test_flow_trains_and_its_density_is_the_module(base_run, data):
     assert base_run.finite and int(base_run.state.step) == STEPS
+    assert not base_run.diverged and base_run.message == ""
     nll = base_run.history.losses["nll"]
     assert nll.shape == (STEPS,) and nll[-10:].mean() < nll[:10].mean()
     model = density(base_run)
@@ -218,7 +220,7 @@ def test_noise_regularisation_widens_the_fit_and_is_validated(base_run, data):
     noisy = train(
         jax.random.key(1), data, method="flow", num_steps=STEPS, noise=1.0, **TINY
     )
-    assert noisy.finite
+    assert noisy.finite and not noisy.diverged
     grow = (
         noisy.state.params["flow"]["norm"]["log_scale"]
         - base_run.state.params["flow"]["norm"]["log_scale"]
@@ -300,6 +302,40 @@ def test_resume_from_checkpoint_is_bit_identical(base_run, data, tmp_path):
     )
     assert _equal(resumed.state, base_run.state)
     assert _equal(resumed.history.losses, base_run.history.losses)
+    assert not resumed.diverged
+
+
+def test_a_diverged_run_is_reported_even_when_resumed(tmp_path):
+    # Affine couplings at a step size 30 times the default: Adam's first steps
+    # throw the flow far from the data and it ends worse than its start (a
+    # Gaussian fit), with every loss and parameter finite.
+    x = datasets.two_moons(jax.random.key(0), 512)
+    kw = dict(
+        method="flow",
+        num_steps=40,
+        chunk_size=20,
+        eval_size=0,
+        transform="affine",
+        layers=4,
+        hidden=(16,),
+        learning_rate=0.1,
+    )
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        bad = train(jax.random.key(1), x, **kw)
+    assert bad.finite and bad.diverged
+    assert "rose from 1.969" in bad.message, bad.message
+    path = tmp_path / "bad.ckpt"
+
+    def stop(progress):
+        if progress.step == 20:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        train(jax.random.key(1), x, checkpoint=path, callback=stop, **kw)
+    # The start is that of the fresh run, not of the checkpoint.
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        resumed = train(jax.random.key(1), x, checkpoint=path, resume=True, **kw)
+    assert resumed.diverged and resumed.message == bad.message
 
 
 def test_sharded_training_equals_single_device(base_run, data, mesh):

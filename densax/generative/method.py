@@ -145,7 +145,13 @@ class Method(NamedTuple):
     * ``prepare(networks, data)``, optional, initialises the fresh networks
       from the ``[n, d]`` training data in place, before training (e.g. a
       flow's :class:`~densax.generative.flows.ActNorm` set to the data's mean
-      and scale); deterministic, so resuming rebuilds the same start.
+      and scale); deterministic, so resuming rebuilds the same start;
+    * ``score(networks, options, x)``, optional, a scalar that training must
+      lower on the ``[k, d]`` training rows ``x`` (a flow's mean negative
+      log-likelihood): :func:`~densax.generative.train` evaluates it before
+      step 0 and after the last step, and reports a run that ended above its
+      start (``TrainResult.diverged``). Only for a proper objective, not for
+      adversarial losses, which need not fall.
     """
 
     options: type  # frozen dataclass of the method's options, with defaults
@@ -155,6 +161,7 @@ class Method(NamedTuple):
     sample: Callable[..., jax.Array]
     batch_size: int  # the default global batch size
     prepare: Callable[[dict[str, nnx.Module], jax.Array], None] | None = None
+    score: Callable[[dict[str, nnx.Module], Any, jax.Array], jax.Array] | None = None
 
 
 def cosine_decay(learning_rate: float, horizon: Any) -> optax.Schedule:

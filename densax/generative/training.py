@@ -22,6 +22,11 @@
   applied: the chunk stops, training stops, a ``RuntimeWarning`` says which
   step and which loss, and the result (``finite=False``) holds the last good
   state, which is also checkpointed.
+* **Divergence check.** A method with a proper objective (``"flow"``: the
+  negative log-likelihood) is scored on up to 4096 evenly spaced training
+  rows before step 0 and after the last step; a run that ends above its
+  start (worse than its initialisation, a finite failure the NaN guard
+  cannot see) gets ``diverged=True``, a ``message`` and a ``RuntimeWarning``.
 * **Checkpoints** (``checkpoint=path``) after every chunk: parameters,
   optimiser states, step, key and history, in msgpack
   (:mod:`~densax.generative.checkpoint`); ``resume=True`` continues from the
@@ -109,7 +114,8 @@ class TrainResult(NamedTuple):
     method: str  # the method's name
     options: Any  # the method's options (frozen dataclass, defaults filled in)
     finite: bool  # False when the NaN guard stopped the run
-    message: str  # why training stopped early, or ""
+    message: str  # why training stopped early or diverged, or ""
+    diverged: bool = False  # the method's score ended above its start ("flow")
 
 
 class _Static(NamedTuple):
@@ -272,6 +278,26 @@ def _initial_state(spec: Method, opts: Any, data: jax.Array, num_steps: int, key
     return graphdefs, TrainState(params, opt_state, jnp.array(0, jnp.int32), key)
 
 
+_SCORE_ROWS = 4096  # training rows of the divergence check
+
+
+@functools.partial(jax.jit, static_argnames=("method", "options", "graphdefs"))
+def _score(params, x, *, method, options, graphdefs):
+    """[] the method's score of the networks ``params`` on ``x`` (see Method)."""
+    nets = {name: nnx.merge(g, params[name]) for name, g in graphdefs}
+    return METHODS[method].score(nets, options, x)
+
+
+def _divergence(method: str, start: float, end: float, rows: int) -> str:
+    return (
+        f"the {method} training objective on {rows} training points rose from "
+        f"{start:.4g} at initialisation to {end:.4g} after training: the run "
+        f"diverged and the model is worse than its starting point. Lower the "
+        f"learning rate or clip the gradients (e.g. optimizer=optax.chain("
+        f"optax.clip_by_global_norm(1.0), optax.adam(...)))."
+    )
+
+
 def _failure(losses: dict[str, np.ndarray], done: int, good_steps: int) -> str:
     bad = ", ".join(f"{k}={float(v[done]):.4g}" for k, v in losses.items())
     return (
@@ -389,7 +415,9 @@ def train(
     Returns:
       A :class:`TrainResult`; ``finite=False`` (with a ``message`` and a
       ``RuntimeWarning``) if the NaN guard stopped training, the state then
-      being the last finite one.
+      being the last finite one; ``diverged=True`` (with a ``message`` and a
+      ``RuntimeWarning``) if a finite run of a method with a proper objective
+      (``"flow"``) ended worse on its training data than it started.
 
     Raises:
       ValueError: bad option values or shapes (no point, no feature),
@@ -448,6 +476,17 @@ def train(
         method, opts, tuple(graphdefs.items()), batch_size, chunk_size, mesh
     )
     describe = _describe(method, opts, data, batch_size, num_steps, key)
+    score = None
+    if METHODS[method].score is not None:  # scored before any checkpoint loads
+        score_x = data[:: max(1, -(-data.shape[0] // _SCORE_ROWS))]
+        score = functools.partial(
+            _score,
+            x=score_x,
+            method=method,
+            options=opts,
+            graphdefs=static.graphdefs,
+        )
+        start_score = float(score(state.params))
 
     history = History({}, np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
     if resume and checkpoint is not None and Path(checkpoint).exists():
@@ -544,6 +583,15 @@ def train(
             break
 
     state = _home(state, data)
+    diverged = False
+    if finite and score is not None:
+        end_score = float(score(state.params))
+        diverged = end_score > start_score
+        if diverged:
+            message = _divergence(method, start_score, end_score, score_x.shape[0])
+            warnings.warn(
+                f"densax.generative.train: {message}", RuntimeWarning, stacklevel=2
+            )
     models = {name: nnx.merge(g, state.params[name]) for name, g in graphdefs.items()}
     return TrainResult(
         generator=models[next(iter(models))],
@@ -554,6 +602,7 @@ def train(
         options=opts,
         finite=finite,
         message=message,
+        diverged=diverged,
     )
 
 
