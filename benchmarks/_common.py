@@ -45,6 +45,7 @@ __all__ = [
     "markdown_table",
     "parse_args",
     "record",
+    "recorder",
     "time_fn",
     "write_results",
 ]
@@ -228,6 +229,27 @@ def record(
     row["size"] = size
     row.update(extra)
     return row
+
+
+def recorder(
+    show: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[list[dict[str, Any]], Callable[..., dict[str, Any]]]:
+    """A results list and the function that fills it: ``(records, add)``.
+
+    ``add(*args, **kwargs)`` appends ``record(*args, **kwargs)`` to
+    ``records``, passes the row to ``show`` (e.g. a print of it) and returns
+    it.
+    """
+    records: list[dict[str, Any]] = []
+
+    def add(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        row = record(*args, **kwargs)
+        records.append(row)
+        if show is not None:
+            show(row)
+        return row
+
+    return records, add
 
 
 def _add_ratios(records: list[dict[str, Any]]) -> None:

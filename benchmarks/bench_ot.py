@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     limit_peer_threads,
     parse_args,
-    record,
+    recorder,
     time_fn,
     write_results,
 )
@@ -348,12 +348,7 @@ def sliced_cases(add, quick, repeat):
 def main():
     args = parse_args(__doc__)
     threads = limit_peer_threads()  # before the peers (POT, SciPy) are imported
-    records: list[dict] = []
-
-    def add(*a, **k):
-        r = record(*a, **k)
-        records.append(r)
-        show(r)
+    records, add = recorder(show)
 
     print(f"threads: {threads}")
     for part in (argsort_cases, exact_cases, dispatch_cases, sliced_cases):

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     limit_peer_threads,
     parse_args,
-    record,
+    recorder,
     time_fn,
     write_results,
 )
@@ -160,12 +160,7 @@ def batch_cases(add, batch, n, repeat):
 def main():
     args = parse_args(__doc__)
     threads = limit_peer_threads()  # before the peers (POT, SciPy) are imported
-    records: list[dict] = []
-
-    def add(*a, **k):
-        r = record(*a, **k)
-        records.append(r)
-        show(r)
+    records, add = recorder(show)
 
     sizes = [100, 200] if args.quick else [500, 1000, 2000, 4000]
     print(f"threads: {threads}")

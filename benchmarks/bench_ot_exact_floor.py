@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     limit_peer_threads,
     parse_args,
-    record,
+    recorder,
     time_fn,
     write_results,
 )
@@ -45,6 +45,11 @@ from _common import (  # noqa: E402
 from densax import ot  # noqa: E402
 
 PASSES = (1, 10)
+
+
+def show(r):
+    t = r["time_s"]
+    print(f"  {r['case']:<24} {r['impl']:<40} {t * 1e3:10.2f} ms", flush=True)
 
 
 def floor_loop(pivots: int, nodes: int, passes: int, batch: int | None):
@@ -151,13 +156,7 @@ def batch_of_problems(add, batch, n, repeat):
 def main():
     args = parse_args(__doc__)
     threads = limit_peer_threads()  # before POT is imported
-    records: list[dict] = []
-
-    def add(*a, **k):
-        r = record(*a, **k)
-        records.append(r)
-        t = r["time_s"]
-        print(f"  {r['case']:<24} {r['impl']:<40} {t * 1e3:10.2f} ms", flush=True)
+    records, add = recorder(show)
 
     print(f"threads: {threads}")
     one_problem(add, 200 if args.quick else 1000, args.repeat)
