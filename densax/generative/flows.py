@@ -771,7 +771,10 @@ class FlowOptions:
         (``result.diverged``, with a ``RuntimeWarning``); a partial failure
         shows in ``result.history.losses["nll"]``.
       linear: ``"lu"`` or ``"reverse"`` between couplings.
-      knots: bins of each spline.
+      knots: bins of each spline. Fewer bins make each layer a smoother
+        map, which overfits a sample of a few tens of thousands of points
+        less; more ``layers`` give the expressiveness back (the trade is
+        measured in ``benchmarks/bench_flows_smooth.py``).
       bound: spline interval ``[-bound, bound]`` in standardised units (see
         :class:`Flow`).
       hidden: hidden widths of the conditioners.
