@@ -36,7 +36,7 @@ from bench_flows_ablation import curve, true_log_prob
 from densax import gmm
 from densax.generative import density
 
-ROWS = {  # row -> train() options (None: the GMM)
+ROWS = {  # row -> train() options (None: the GMM, first: the reference of vs_gmm)
     "gmm (K by BIC)": None,
     "flow reg (8 layers, 8 knots)": REG,
     "flow reg, 16 layers, 4 knots": {**REG, "layers": 16, "knots": 4},
@@ -44,7 +44,7 @@ ROWS = {  # row -> train() options (None: the GMM)
 }
 
 
-def held_out(row, options, seed, train_x, test_x, steps, quick):
+def held_out(options, seed, train_x, test_x, steps, quick):
     """(mean held-out log-density, note) of one row's model."""
     if options is None:
         k, model = gmm_by_bic(train_x, quick)
@@ -73,7 +73,7 @@ def main():
             case = f"{name} n={n_train} seed {seed} (truth {truth:.4f})"
             gmm_nats = None
             for row, options in ROWS.items():
-                nats, note = held_out(row, options, seed, train_x, test_x, steps, quick)
+                nats, note = held_out(options, seed, train_x, test_x, steps, quick)
                 gmm_nats = nats if options is None else gmm_nats
                 excess[row].append(nats - truth)
                 vs_gmm[row].append(nats - gmm_nats)
