@@ -9,21 +9,10 @@ change-of-variable formula
 
 the second term being the sum of the bijectors' log-determinants.
 
-Bijectors (Flax ``nnx`` modules acting on a batch ``[n, d]``; each returns the
-transformed batch and the ``[n]`` log-determinant of the map it applied, in
-one pass, in both directions):
-
-* :class:`AffineCoupling` (RealNVP): ``y_b = x_b exp(s(x_a)) + t(x_a)``.
-* :class:`SplineCoupling` (neural spline flow): a monotone rational-quadratic
-  spline of ``x_b`` on ``[-bound, bound]`` (identity outside) whose knots are
-  functions of ``x_a`` (:func:`rational_quadratic_spline`).
-* :class:`LULinear`: ``y = x W^T`` with ``W = P L U`` (``P`` the reversal,
-  ``L`` unit lower, ``U`` upper triangular): ``log |det W| = sum log |diag
-  U|``, the inverse by two triangular solves.
-* :class:`ActNorm`: elementwise ``y = x exp(log_scale) + loc``, initialised
-  from the data's mean and scale (Kingma & Dhariwal's data-dependent
-  initialisation) by :func:`densax.generative.train`.
-* :class:`Logit` maps the uniform base to the real line.
+The bijectors (:mod:`densax.generative.bijectors`, re-exported here) are
+affine (RealNVP), rational-quadratic spline and logistic-mixture (Flow++)
+couplings, an LU-parametrised linear map, ActNorm and the logit of the
+uniform base.
 
 :class:`Flow` composes them (base side first); ``train(key, x,
 method="flow")`` fits it by maximum likelihood (the loss is the mean negative
@@ -47,7 +36,8 @@ References:
   2017. Durkan, Bekasov, Murray and Papamakarios, *Neural Spline Flows*,
   NeurIPS 2019. Kingma and Dhariwal, *Glow: Generative Flow with Invertible
   1x1 Convolutions*, NeurIPS 2018. Papamakarios et al., *Normalizing Flows for
-  Probabilistic Modeling and Inference*, JMLR 2021.
+  Probabilistic Modeling and Inference*, JMLR 2021. Ho et al., *Flow++*, ICML
+  2019.
 """
 
 import dataclasses
@@ -62,9 +52,18 @@ import optax
 from flax import nnx
 
 from densax import _validate
+from densax.generative.bijectors import (
+    ActNorm,
+    AffineCoupling,
+    LogisticMixtureCoupling,
+    Logit,
+    LULinear,
+    SplineCoupling,
+    rational_quadratic_spline,
+)
 from densax.generative.losses import batch_mean
 from densax.generative.method import LATENTS, Method, StepContext, adam, draw_latent
-from densax.generative.models import MLP, check_widths, get_activation
+from densax.generative.models import check_widths, get_activation
 
 __all__ = [
     "METHODS",
@@ -74,6 +73,7 @@ __all__ = [
     "FlowDensity",
     "FlowOptions",
     "LULinear",
+    "LogisticMixtureCoupling",
     "Logit",
     "SplineCoupling",
     "base_log_prob",
@@ -84,6 +84,7 @@ __all__ = [
 ]
 
 BASES = LATENTS
+TRANSFORMS = ("spline", "logistic_mixture", "affine")
 
 
 def base_log_prob(z: jax.Array, base: str) -> jax.Array:
@@ -95,375 +96,19 @@ def base_log_prob(z: jax.Array, base: str) -> jax.Array:
     return jnp.where(inside, 0.0, -jnp.inf).astype(z.dtype)
 
 
-def _zero_last(net: MLP) -> MLP:
-    """The conditioner's last layer starts at zero: each coupling starts at ``id``."""
-    last = net.layers[-1]
-    last.kernel[...] = jnp.zeros_like(last.kernel[...])
-    return net
-
-
-def _split(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    k = x.shape[-1] // 2
-    return x[..., :k], x[..., k:]
-
-
-class AffineCoupling(nnx.Module):
-    """RealNVP coupling ``y_b = x_b exp(s(x_a)) + t(x_a)``, ``y_a = x_a``.
-
-    ``x_a`` is the first ``d // 2`` coordinates. The log-scale is squashed by
-    ``tanh`` (each layer scales by at most ``e``), which keeps training stable.
-
-    Args:
-      features: data dimension ``d >= 2``.
-      hidden: hidden widths of the conditioner MLP.
-      activation: its activation.
-      param_dtype: dtype of the weights.
-      rngs: ``nnx.Rngs``.
-
-    Example:
-      >>> b = AffineCoupling(2, hidden=(8,), rngs=nnx.Rngs(0))
-      >>> y, ld = b.forward(jnp.ones((3, 2)))
-      >>> y.shape, ld.shape
-      ((3, 2), (3,))
-    """
-
-    def __init__(
-        self,
-        features: int,
-        *,
-        hidden=(64, 64),
-        activation="relu",
-        param_dtype=jnp.float32,
-        rngs: nnx.Rngs,
-    ):
-        """Builds the conditioner; see the class docstring."""
-        k = features // 2
-        self.net = _zero_last(
-            MLP(
-                k,
-                2 * (features - k),
-                hidden=hidden,
-                activation=activation,
-                param_dtype=param_dtype,
-                rngs=rngs,
-            )
-        )
-
-    def _params(self, xa):
-        shift, raw = jnp.split(self.net(xa), 2, axis=-1)
-        return shift, jnp.tanh(raw)
-
-    def forward(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``(y [n, d], log|det dy/dx| [n])``."""
-        xa, xb = _split(x)
-        shift, log_scale = self._params(xa)
-        y = jnp.concatenate([xa, xb * jnp.exp(log_scale) + shift], axis=-1)
-        return y, jnp.sum(log_scale, axis=-1)
-
-    def inverse(self, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``(x [n, d], log|det dx/dy| [n])``."""
-        ya, yb = _split(y)
-        shift, log_scale = self._params(ya)
-        x = jnp.concatenate([ya, (yb - shift) * jnp.exp(-log_scale)], axis=-1)
-        return x, -jnp.sum(log_scale, axis=-1)
-
-
-def _knots(raw: jax.Array, bound: float, min_size: float) -> jax.Array:
-    """Knots ``[..., K+1]`` from ``-bound`` to ``bound`` (bins: ``softmax(raw)``)."""
-    k = raw.shape[-1]
-    sizes = min_size + (1 - min_size * k) * jax.nn.softmax(raw, axis=-1)
-    inner = (2 * jnp.cumsum(sizes[..., :-1], axis=-1) - 1) * bound
-    # The end knots are exactly -+bound (a cumulative sum may round).
-    lo = jnp.full_like(sizes[..., :1], -bound)
-    return jnp.concatenate([lo, inner, -lo], axis=-1)
-
-
-def rational_quadratic_spline(
-    x: jax.Array,
-    widths: jax.Array,
-    heights: jax.Array,
-    derivatives: jax.Array,
-    *,
-    bound: float,
-    inverse: bool = False,
-    min_size: float = 1e-3,
-    min_derivative: float = 1e-3,
-) -> tuple[jax.Array, jax.Array]:
-    """Monotone rational-quadratic spline on ``[-bound, bound]``, identity outside.
-
-    ``K`` bins; their widths and heights are ``softmax`` of the unconstrained
-    ``widths``/``heights`` (at least ``min_size`` of the interval each), the
-    ``K - 1`` interior knot derivatives ``softplus(derivatives + c) +
-    min_derivative`` (``c`` such that zero parameters give the identity), the
-    two boundary derivatives 1 (so the map and its
-    derivative are continuous at ``+-bound``). Elementwise: every array has
-    the leading shape of ``x``.
-
-    Args:
-      x: [...] inputs (outputs of the spline when ``inverse``).
-      widths: [..., K] unconstrained bin widths.
-      heights: [..., K] unconstrained bin heights.
-      derivatives: [..., K - 1] unconstrained interior derivatives.
-      bound: half-width of the interval.
-      inverse: apply the inverse spline.
-      min_size: smallest bin size, as a fraction of the interval.
-      min_derivative: smallest derivative.
-
-    Returns:
-      ``(y [...], log |dy/dx| [...])`` of the map applied.
-
-    References:
-      Durkan et al., *Neural Spline Flows*, 2019, §3.1 and Appendix A.
-
-    Example:
-      >>> z = jnp.zeros((3, 4))
-      >>> y, ld = rational_quadratic_spline(jnp.array([-5.0, 0.3, 1.0]), z, z,
-      ...                                   z[:, :3], bound=3.0)
-      >>> [round(float(v), 4) for v in y], bool(jnp.all(jnp.abs(ld) < 0.5))
-      ([-5.0, 0.3, 1.0], True)
-    """
-    dtype = x.dtype
-    k = widths.shape[-1]
-    xk = _knots(widths.astype(dtype), bound, min_size)
-    yk = _knots(heights.astype(dtype), bound, min_size)
-    inside = (x > -bound) & (x < bound)
-    xc = jnp.clip(x, -bound, bound)
-    knots_in = yk if inverse else xk
-    idx = jnp.sum(xc[..., None] >= knots_in[..., 1:-1], axis=-1)[..., None]
-
-    def pick(a):
-        return jnp.take_along_axis(a, idx, axis=-1)[..., 0]
-
-    x0, y0 = pick(xk[..., :-1]), pick(yk[..., :-1])
-    wk, hk = pick(xk[..., 1:]) - x0, pick(yk[..., 1:]) - y0
-    # Only the two derivatives of each point's bin are computed (after the
-    # gather); zero parameters give unit derivatives, i.e. with equal bins
-    # the identity. The derivatives at -+bound are exactly 1.
-    shift = np.log(np.expm1(1.0 - min_derivative))
-    zero = jnp.zeros_like(derivatives[..., :1], dtype)
-    raw = jnp.concatenate([zero, derivatives.astype(dtype), zero], axis=-1)
-    i = idx[..., 0]
-    d0 = jax.nn.softplus(pick(raw[..., :-1]) + shift) + min_derivative
-    d1 = jax.nn.softplus(pick(raw[..., 1:]) + shift) + min_derivative
-    d0 = jnp.where(i == 0, 1.0, d0).astype(dtype)
-    d1 = jnp.where(i == k - 1, 1.0, d1).astype(dtype)
-    s = hk / wk
-    c = d1 + d0 - 2 * s
-    if inverse:
-        dy = xc - y0
-        a = hk * (s - d0) + dy * c
-        b = hk * d0 - dy * c
-        cc = -s * dy
-        disc = jnp.maximum(b**2 - 4 * a * cc, 0.0)
-        xi = 2 * cc / (-b - jnp.sqrt(disc))
-        out = x0 + xi * wk
-    else:
-        xi = (xc - x0) / wk
-        out = y0 + hk * (s * xi**2 + d0 * xi * (1 - xi)) / (s + c * xi * (1 - xi))
-    xi = jnp.clip(xi, 0.0, 1.0)
-    t = xi * (1 - xi)
-    log_deriv = (
-        2 * jnp.log(s)
-        + jnp.log(d1 * xi**2 + 2 * s * t + d0 * (1 - xi) ** 2)
-        - 2 * jnp.log(s + c * t)
-    )
-    if inverse:
-        log_deriv = -log_deriv
-    return jnp.where(inside, out, x), jnp.where(inside, log_deriv, 0.0)
-
-
-class SplineCoupling(nnx.Module):
-    """Coupling with a rational-quadratic spline of ``x_b`` given ``x_a``.
-
-    ``x_a`` is the first ``d // 2`` coordinates; each coordinate of ``x_b`` is
-    mapped by its own spline (:func:`rational_quadratic_spline`) whose ``3K -
-    1`` parameters the conditioner MLP computes from ``x_a``. The last layer
-    starts at zero: uniform bins and unit derivatives, the identity.
-
-    Args:
-      features: data dimension ``d >= 2``.
-      knots: number of bins ``K``.
-      bound: the spline acts on ``[-bound, bound]``.
-      hidden: hidden widths of the conditioner MLP.
-      activation: its activation.
-      param_dtype: dtype of the weights.
-      rngs: ``nnx.Rngs``.
-
-    Example:
-      >>> b = SplineCoupling(2, hidden=(8,), rngs=nnx.Rngs(0))
-      >>> x = jnp.array([[0.5, -1.0]])
-      >>> y, ld = b.forward(x)
-      >>> bool(jnp.allclose(b.inverse(y)[0], x, atol=1e-6))
-      True
-    """
-
-    def __init__(
-        self,
-        features: int,
-        *,
-        knots: int = 8,
-        bound: float = 2.5,
-        hidden=(64, 64),
-        activation="relu",
-        param_dtype=jnp.float32,
-        rngs: nnx.Rngs,
-    ):
-        """Builds the conditioner; see the class docstring."""
-        k = features // 2
-        self.knots = knots
-        self.bound = float(bound)
-        self.net = _zero_last(
-            MLP(
-                k,
-                (features - k) * (3 * knots - 1),
-                hidden=hidden,
-                activation=activation,
-                param_dtype=param_dtype,
-                rngs=rngs,
-            )
-        )
-
-    def _apply(self, x: jax.Array, inverse: bool) -> tuple[jax.Array, jax.Array]:
-        xa, xb = _split(x)
-        raw = self.net(xa).reshape(*xb.shape, 3 * self.knots - 1)
-        k = self.knots
-        yb, ld = rational_quadratic_spline(
-            xb,
-            raw[..., :k],
-            raw[..., k : 2 * k],
-            raw[..., 2 * k :],
-            bound=self.bound,
-            inverse=inverse,
-        )
-        return jnp.concatenate([xa, yb], axis=-1), jnp.sum(ld, axis=-1)
-
-    def forward(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``(y [n, d], log|det dy/dx| [n])``."""
-        return self._apply(x, inverse=False)
-
-    def inverse(self, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``(x [n, d], log|det dx/dy| [n])``."""
-        return self._apply(y, inverse=True)
-
-
-class LULinear(nnx.Module):
-    """Invertible linear map ``y = x W^T``, ``W = P L U``.
-
-    ``P`` reverses the coordinates (so that successive couplings condition on
-    different halves), ``L`` is unit lower triangular and ``U`` upper
-    triangular with diagonal ``exp(log_diag)``; both start at the identity.
-    ``log |det W| = sum(log_diag)``; the inverse is two triangular solves.
-
-    Args:
-      features: data dimension ``d``.
-      param_dtype: dtype of the weights.
-      rngs: unused (deterministic initialisation), for a uniform signature.
-
-    Example:
-      >>> b = LULinear(3, rngs=nnx.Rngs(0))
-      >>> b.forward(jnp.array([[1.0, 2.0, 3.0]]))[0].tolist()
-      [[3.0, 2.0, 1.0]]
-    """
-
-    def __init__(self, features: int, *, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        """Starts at the reversal ``P``; see the class docstring."""
-        del rngs
-        zeros = jnp.zeros((features, features), param_dtype)
-        self.lower = nnx.Param(zeros)
-        self.upper = nnx.Param(zeros)
-        self.log_diag = nnx.Param(jnp.zeros((features,), param_dtype))
-
-    def _factors(self):
-        d = self.log_diag.shape[0]
-        lower = jnp.tril(self.lower[...], -1) + jnp.eye(d, dtype=self.lower.dtype)
-        upper = jnp.triu(self.upper[...], 1) + jnp.diag(jnp.exp(self.log_diag[...]))
-        return lower, upper
-
-    def forward(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``(y [n, d], log|det dy/dx| [n])``."""
-        lower, upper = self._factors()
-        y = (x @ upper.T @ lower.T)[..., ::-1]
-        return y, jnp.broadcast_to(jnp.sum(self.log_diag[...]), x.shape[:-1])
-
-    def inverse(self, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``(x [n, d], log|det dx/dy| [n])``."""
-        lower, upper = self._factors()
-        # Right-side solves on the [n, d] batch (x U^T L^T = y): no transposes
-        # of the batch, and fast on CPU where a left-side solve with n
-        # right-hand sides is not.
-        solve = functools.partial(
-            jax.lax.linalg.triangular_solve, left_side=False, transpose_a=True
-        )
-        u = solve(lower, y[..., ::-1], lower=True, unit_diagonal=True)
-        x = solve(upper, u, lower=False)
-        return x, jnp.broadcast_to(-jnp.sum(self.log_diag[...]), y.shape[:-1])
-
-
-class ActNorm(nnx.Module):
-    """Elementwise affine ``y = x exp(log_scale) + loc`` (Glow's actnorm).
-
-    Args:
-      features: data dimension ``d``.
-      param_dtype: dtype of the weights.
-      rngs: unused, for a uniform signature.
-
-    Example:
-      >>> b = ActNorm(2, rngs=nnx.Rngs(0))
-      >>> b.initialize(jnp.array([[0.0, 1.0], [2.0, 5.0]]))
-      >>> b.inverse(jnp.array([[1.0, 3.0]]))[0].tolist()
-      [[0.0, 0.0]]
-    """
-
-    def __init__(self, features: int, *, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        """Starts at the identity; see the class docstring."""
-        del rngs
-        self.loc = nnx.Param(jnp.zeros((features,), param_dtype))
-        self.log_scale = nnx.Param(jnp.zeros((features,), param_dtype))
-
-    def initialize(self, x: jax.Array) -> None:
-        """Sets ``loc`` and ``log_scale`` to the mean and std of ``x: [n, d]``."""
-        x = jnp.asarray(x, self.loc.dtype)
-        std = jnp.std(x, axis=0)
-        self.loc[...] = jnp.mean(x, axis=0)
-        self.log_scale[...] = jnp.log(jnp.where(std > 0, std, 1.0))
-
-    def forward(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``(y [n, d], log|det dy/dx| [n])``."""
-        y = x * jnp.exp(self.log_scale[...]) + self.loc[...]
-        return y, jnp.broadcast_to(jnp.sum(self.log_scale[...]), x.shape[:-1])
-
-    def inverse(self, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``(x [n, d], log|det dx/dy| [n])``."""
-        x = (y - self.loc[...]) * jnp.exp(-self.log_scale[...])
-        return x, jnp.broadcast_to(-jnp.sum(self.log_scale[...]), y.shape[:-1])
-
-
-class Logit(nnx.Module):
-    """``y = log(x / (1 - x))``: maps the uniform base ``(0, 1)^d`` onto ``R^d``.
-
-    Example:
-      >>> Logit().forward(jnp.array([[0.5]]))[0].tolist()
-      [[0.0]]
-    """
-
-    def forward(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``(y [n, d], log|det dy/dx| [n])``."""
-        y = jnp.log(x) - jnp.log1p(-x)
-        return y, -jnp.sum(jnp.log(x) + jnp.log1p(-x), axis=-1)
-
-    def inverse(self, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``(x [n, d], log|det dx/dy| [n])``."""
-        ld = -jax.nn.softplus(y) - jax.nn.softplus(-y)
-        return jax.nn.sigmoid(y), jnp.sum(ld, axis=-1)
-
-
 class _Block(nnx.Module):
     """One layer of a :class:`Flow`: a coupling, then a linear mixing."""
 
-    def __init__(self, features, *, transform, linear, knots, bound, kw, rngs):
+    def __init__(
+        self, features, *, transform, linear, knots, bound, components, kw, rngs
+    ):
         if transform == "spline":
             self.coupling = SplineCoupling(
                 features, knots=knots, bound=bound, rngs=rngs, **kw
+            )
+        elif transform == "logistic_mixture":
+            self.coupling = LogisticMixtureCoupling(
+                features, components=components, rngs=rngs, **kw
             )
         else:
             self.coupling = AffineCoupling(features, rngs=rngs, **kw)
@@ -497,7 +142,8 @@ class Flow(nnx.Module):
     """A normalizing flow ``x = f(z)``: bijectors over a base distribution.
 
     Base side first: [:class:`Logit` for the uniform base], then ``layers``
-    times (:class:`SplineCoupling` or :class:`AffineCoupling`, then
+    times (:class:`SplineCoupling`, :class:`LogisticMixtureCoupling` or
+    :class:`AffineCoupling`, then
     :class:`LULinear` or a plain reversal), then :class:`ActNorm` (data side).
     Reading from the data: standardise, then alternate linear mixing and
     coupling. The ``layers`` blocks share one structure: their parameters are
@@ -507,7 +153,7 @@ class Flow(nnx.Module):
     Args:
       features: data dimension ``d >= 2``.
       layers: number of coupling layers.
-      transform: ``"spline"`` or ``"affine"``.
+      transform: ``"spline"``, ``"logistic_mixture"`` or ``"affine"``.
       linear: ``"lu"`` (:class:`LULinear`) or ``"reverse"`` (a fixed
         permutation) between couplings.
       knots: bins of each spline.
@@ -515,6 +161,8 @@ class Flow(nnx.Module):
         the data-side ActNorm starts at the data's mean and scale). Tight
         enough that the bins spend their resolution on the data, not on
         empty space; the tails map by the identity.
+      components: logistic components of each ``"logistic_mixture"``
+        coupling.
       hidden: hidden widths of every conditioner.
       activation: their activation.
       base: ``"normal"`` (``N(0, I)``) or ``"uniform"`` (``U(0, 1)^d``).
@@ -536,6 +184,7 @@ class Flow(nnx.Module):
         linear: str = "lu",
         knots: int = 8,
         bound: float = 2.5,
+        components: int = 4,
         hidden=(64, 64),
         activation="relu",
         base: str = "normal",
@@ -545,10 +194,11 @@ class Flow(nnx.Module):
         """Builds the bijectors; see the class docstring."""
         if features < 2:
             raise ValueError(f"a coupling flow needs features >= 2, got {features}")
-        _validate.check_choice(transform, "transform", ("spline", "affine"))
+        _validate.check_choice(transform, "transform", TRANSFORMS)
         _validate.check_choice(linear, "linear", ("lu", "reverse"))
         _validate.check_choice(base, "base", BASES)
         _validate.check_int(layers, "layers", minimum=1)
+        _validate.check_int(components, "components", minimum=1)
         kw = dict(hidden=hidden, activation=activation, param_dtype=param_dtype)
 
         @nnx.split_rngs(splits=layers)
@@ -560,6 +210,7 @@ class Flow(nnx.Module):
                 linear=linear,
                 knots=knots,
                 bound=bound,
+                components=components,
                 kw=kw,
                 rngs=rngs,
             )
@@ -760,7 +411,9 @@ class FlowOptions:
 
     Attributes:
       layers: number of coupling layers.
-      transform: ``"spline"`` (rational-quadratic) or ``"affine"`` (RealNVP).
+      transform: ``"spline"`` (rational-quadratic), ``"logistic_mixture"``
+        (Flow++; smooth, see :class:`LogisticMixtureCoupling`) or
+        ``"affine"`` (RealNVP).
         Affine couplings are smooth but train less reliably at the default
         step size: with wide conditioners (``hidden=(256, 256)``, 16 layers)
         Adam's first steps can throw the flow far from the data, and the run
@@ -777,6 +430,8 @@ class FlowOptions:
         measured in ``benchmarks/bench_flows_smooth.py``).
       bound: spline interval ``[-bound, bound]`` in standardised units (see
         :class:`Flow`).
+      components: logistic components of each ``"logistic_mixture"``
+        coupling.
       hidden: hidden widths of the conditioners.
       activation: activation name or callable.
       base: ``"normal"`` or ``"uniform"``.
@@ -810,6 +465,7 @@ class FlowOptions:
     linear: str = "lu"
     knots: int = 8
     bound: float = 2.5
+    components: int = 4
     hidden: tuple[int, ...] = (64, 64)
     activation: str | Callable = "relu"
     base: str = "normal"
@@ -826,7 +482,8 @@ class FlowOptions:
         get_activation(self.activation)
         _validate.check_int(self.layers, "layers", minimum=1)
         _validate.check_int(self.knots, "knots", minimum=2)
-        _validate.check_choice(self.transform, "transform", ("spline", "affine"))
+        _validate.check_int(self.components, "components", minimum=1)
+        _validate.check_choice(self.transform, "transform", TRANSFORMS)
         _validate.check_choice(self.linear, "linear", ("lu", "reverse"))
         _validate.check_choice(self.base, "base", BASES)
         _validate.check_choice(self.lr_schedule, "lr_schedule", ("cosine", "constant"))
@@ -848,6 +505,7 @@ def _networks(options: FlowOptions, features, dtype, rngs):
         linear=options.linear,
         knots=options.knots,
         bound=options.bound,
+        components=options.components,
         hidden=options.hidden,
         activation=options.activation,
         base=options.base,
