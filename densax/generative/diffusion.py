@@ -772,6 +772,20 @@ def _step(ctx: StepContext, params, opt_state, key):
     return {"denoiser": p}, {"denoiser": s}, {"denoiser": value}
 
 
+def _score(networks, options, x):
+    """[] the training objective on ``x: [k, d]`` at one fixed draw of ``t`` and noise.
+
+    The steps lower an expectation over uniform ``t`` and Gaussian ``eps``;
+    the same draw of both at the start and at the end of training makes the
+    two values comparable (their difference is not a sampling fluctuation).
+    """
+    k_t, k_eps = jax.random.split(jax.random.key(0))
+    t = jax.random.randint(k_t, (x.shape[0],), 0, options.num_timesteps)
+    noise = jax.random.normal(k_eps, x.shape, x.dtype)
+    schedule = schedule_of(options, x.dtype)
+    return denoising_loss(networks["denoiser"], x, t, noise, schedule)
+
+
 def _sample(model, options, key, n, dtype, *, sampler="ddpm", num_steps=None, eta=None):
     """Samples from a trained denoiser: ``sampler="ddpm" | "ddim"``."""
     _validate.check_choice(sampler, "sampler", ("ddpm", "ddim"))
@@ -803,5 +817,6 @@ METHODS: dict[str, Method] = {
         _step,
         _sample,
         batch_size=256,
+        score=_score,
     ),
 }

@@ -153,7 +153,8 @@ class Flow(nnx.Module):
     Args:
       features: data dimension ``d >= 2``.
       layers: number of coupling layers.
-      transform: ``"spline"``, ``"logistic_mixture"`` or ``"affine"``.
+      transform: ``"spline"``, ``"logistic_mixture"`` or ``"affine"`` (see
+        :class:`FlowOptions`).
       linear: ``"lu"`` (:class:`LULinear`) or ``"reverse"`` (a fixed
         permutation) between couplings.
       knots: bins of each spline.
@@ -411,18 +412,26 @@ class FlowOptions:
 
     Attributes:
       layers: number of coupling layers.
-      transform: ``"spline"`` (rational-quadratic), ``"logistic_mixture"``
-        (Flow++; smooth, see :class:`LogisticMixtureCoupling`) or
-        ``"affine"`` (RealNVP).
-        Affine couplings are smooth but train less reliably at the default
-        step size: with wide conditioners (``hidden=(256, 256)``, 16 layers)
-        Adam's first steps can throw the flow far from the data, and the run
-        may settle on a likelihood worse than its start. Clipping the
-        gradients (``optimizer=optax.chain(optax.clip_by_global_norm(1.0),
-        optax.adam(...))``) helps. :func:`~densax.generative.train` reports
-        a run that ends worse on its training data than it started
-        (``result.diverged``, with a ``RuntimeWarning``); a partial failure
-        shows in ``result.history.losses["nll"]``.
+      transform: ``"spline"`` (rational-quadratic, as in neural spline
+        flows and flowjax), ``"logistic_mixture"`` (Flow++) or ``"affine"``
+        (RealNVP). The logistic-mixture coupling is infinitely
+        differentiable, where the spline's density has a kink at every knot,
+        and it is linear in both tails: with smooth conditioners
+        (``activation="tanh"``) the fitted density is smooth, which overfits
+        a finite sample less; it also learns more slowly, so it pays on long
+        runs and the spline on short ones (both measured in
+        ``benchmarks/bench_flows.py`` and ``bench_flows_smooth.py``). Its
+        sampling inverts a CDF by Newton's method, slower than the spline's
+        closed form. Affine couplings are smooth too but train less reliably
+        at the default step size: with wide conditioners (``hidden=(256,
+        256)``, 16 layers) Adam's first steps can throw the flow far from the
+        data, and the run may settle on a likelihood worse than its start.
+        Clipping the gradients (``optimizer=optax.chain(
+        optax.clip_by_global_norm(1.0), optax.adam(...))``) helps.
+        :func:`~densax.generative.train` reports a run that ends worse on its
+        training data than it started (``result.diverged``, with a
+        ``RuntimeWarning``); a partial failure shows in
+        ``result.history.losses["nll"]``.
       linear: ``"lu"`` or ``"reverse"`` between couplings.
       knots: bins of each spline. Fewer bins make each layer a smoother
         map, which overfits a sample of a few tens of thousands of points
@@ -433,7 +442,9 @@ class FlowOptions:
       components: logistic components of each ``"logistic_mixture"``
         coupling.
       hidden: hidden widths of the conditioners.
-      activation: activation name or callable.
+      activation: activation name or callable of the conditioners
+        (``"tanh"``: every coupling's parameters are smooth functions of the
+        other half of the coordinates).
       base: ``"normal"`` or ``"uniform"``.
       learning_rate: Adam's (initial) step size.
       lr_schedule: ``"cosine"`` (decay to 0 over the run) or ``"constant"``.
@@ -456,8 +467,8 @@ class FlowOptions:
       penalty on the fitted density).
 
     Example:
-      >>> FlowOptions(noise=0.02, activation="tanh").noise
-      0.02
+      >>> FlowOptions(transform="logistic_mixture", activation="tanh").components
+      4
     """
 
     layers: int = 8

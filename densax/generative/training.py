@@ -23,7 +23,8 @@
   step and which loss, and the result (``finite=False``) holds the last good
   state, which is also checkpointed.
 * **Divergence check.** A method with a proper objective (``"flow"``: the
-  negative log-likelihood) is scored on up to 4096 evenly spaced training
+  negative log-likelihood; ``"ddpm"``: the denoising loss at one fixed draw
+  of timesteps and noise) is scored on up to 4096 evenly spaced training
   rows before step 0 and after the last step; a run that ends above its
   start (worse than its initialisation, a finite failure the NaN guard
   cannot see) gets ``diverged=True``, a ``message`` and a ``RuntimeWarning``.
@@ -115,7 +116,7 @@ class TrainResult(NamedTuple):
     options: Any  # the method's options (frozen dataclass, defaults filled in)
     finite: bool  # False when the NaN guard stopped the run
     message: str  # why training stopped early or diverged, or ""
-    diverged: bool = False  # the method's score ended above its start ("flow")
+    diverged: bool = False  # its score ended above its start ("flow", "ddpm")
 
 
 class _Static(NamedTuple):
