@@ -315,7 +315,7 @@ def ddpm_run(moons):
 
 
 def test_ddpm_short_run_improves_the_metric(ddpm_run, moons):
-    assert ddpm_run.finite
+    assert ddpm_run.finite and not ddpm_run.diverged
     assert set(ddpm_run.history.losses) == {"denoiser"}
     assert ddpm_run.history.sw2.shape == (3,)
     losses = ddpm_run.history.losses["denoiser"]
@@ -330,6 +330,30 @@ def test_ddpm_short_run_improves_the_metric(ddpm_run, moons):
     sw_before = float(metrics.sw2(k_proj, before, held_out))
     sw_after = float(metrics.sw2(k_proj, after, held_out))
     assert sw_after < 0.5 * sw_before, (sw_before, sw_after)
+
+
+def test_a_diverged_ddpm_run_is_reported(moons):
+    # A step size of 1: Adam's first steps throw the denoiser far off, and the
+    # run ends with a denoising loss (at one fixed draw of t and noise, the
+    # same as at the start) far above its start, every value finite.
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        bad = train(
+            jax.random.key(1),
+            moons,
+            method="ddpm",
+            num_steps=40,
+            chunk_size=20,
+            eval_size=0,
+            hidden=(32, 32),
+            num_timesteps=100,
+            learning_rate=1.0,
+        )
+    assert bad.finite and bad.diverged
+    assert "ddpm training objective" in bad.message, bad.message
+    # The score is the training loss at a fixed draw: at initialisation the
+    # same as a batch loss of the untrained network, about 1 per coordinate.
+    start = float(bad.message.split("rose from ")[1].split(" ")[0])
+    assert 0.5 < start < 2.0, start
 
 
 def test_ddpm_result_samplers(ddpm_run):

@@ -148,7 +148,8 @@ class Method(NamedTuple):
       and scale); deterministic, so resuming rebuilds the same start;
     * ``score(networks, options, x)``, optional, a scalar that training must
       lower on the ``[k, d]`` training rows ``x`` (a flow's mean negative
-      log-likelihood): :func:`~densax.generative.train` evaluates it before
+      log-likelihood; a DDPM's denoising loss at one fixed draw of timesteps
+      and noise): :func:`~densax.generative.train` evaluates it before
       step 0 and after the last step, and reports a run that ended above its
       start (``TrainResult.diverged``). Only for a proper objective, not for
       adversarial losses, which need not fall.
