@@ -51,8 +51,24 @@ __all__ = [
 ]
 
 
-def _zero_last(net: MLP) -> MLP:
-    """The conditioner's last layer starts at zero: each coupling starts at ``id``."""
+def _conditioner(
+    features: int, outputs: int, *, hidden, activation, param_dtype, rngs
+) -> MLP:
+    """A coupling's MLP: ``x_a`` to ``outputs`` parameters per coordinate of ``x_b``.
+
+    Its last layer's kernel starts at zero, so that the parameters start the
+    same for every ``x_a`` (the bias sets where: the identity for the affine
+    and spline couplings).
+    """
+    k = features // 2
+    net = MLP(
+        k,
+        (features - k) * outputs,
+        hidden=hidden,
+        activation=activation,
+        param_dtype=param_dtype,
+        rngs=rngs,
+    )
     last = net.layers[-1]
     last.kernel[...] = jnp.zeros_like(last.kernel[...])
     return net
@@ -93,16 +109,13 @@ class AffineCoupling(nnx.Module):
         rngs: nnx.Rngs,
     ):
         """Builds the conditioner; see the class docstring."""
-        k = features // 2
-        self.net = _zero_last(
-            MLP(
-                k,
-                2 * (features - k),
-                hidden=hidden,
-                activation=activation,
-                param_dtype=param_dtype,
-                rngs=rngs,
-            )
+        self.net = _conditioner(
+            features,
+            2,
+            hidden=hidden,
+            activation=activation,
+            param_dtype=param_dtype,
+            rngs=rngs,
         )
 
     def _params(self, xa):
@@ -265,18 +278,15 @@ class SplineCoupling(nnx.Module):
         rngs: nnx.Rngs,
     ):
         """Builds the conditioner; see the class docstring."""
-        k = features // 2
         self.knots = knots
         self.bound = float(bound)
-        self.net = _zero_last(
-            MLP(
-                k,
-                (features - k) * (3 * knots - 1),
-                hidden=hidden,
-                activation=activation,
-                param_dtype=param_dtype,
-                rngs=rngs,
-            )
+        self.net = _conditioner(
+            features,
+            3 * knots - 1,
+            hidden=hidden,
+            activation=activation,
+            param_dtype=param_dtype,
+            rngs=rngs,
         )
 
     def _apply(self, x: jax.Array, inverse: bool) -> tuple[jax.Array, jax.Array]:
@@ -402,10 +412,14 @@ class LogisticMixtureCoupling(nnx.Module):
       Design*, ICML 2019, §3.2.
 
     Example:
-      >>> b = LogisticMixtureCoupling(2, hidden=(8,), rngs=nnx.Rngs(0))
-      >>> x = jnp.array([[0.5, -1.0]])
-      >>> y, ld = b.forward(x)
-      >>> bool(jnp.allclose(b.inverse(y)[0], x, atol=1e-6))
+      >>> b = LogisticMixtureCoupling(2, components=3, hidden=(8,),
+      ...                             rngs=nnx.Rngs(0))
+      >>> z = jnp.array([[0.5, -1.0], [2.0, 3.0]])
+      >>> x, ld = b.forward(z)  # base to data: root finding
+      >>> z_back, ld_back = b.inverse(x)  # data to base: closed form
+      >>> bool(jnp.allclose(z_back, z, atol=1e-5))
+      True
+      >>> bool(jnp.allclose(ld + ld_back, 0.0, atol=1e-5))
       True
     """
 
@@ -422,15 +436,13 @@ class LogisticMixtureCoupling(nnx.Module):
         """Builds the conditioner; see the class docstring."""
         k = features // 2
         self.components = components
-        self.net = _zero_last(
-            MLP(
-                k,
-                (features - k) * (3 * components + 2),
-                hidden=hidden,
-                activation=activation,
-                param_dtype=param_dtype,
-                rngs=rngs,
-            )
+        self.net = _conditioner(
+            features,
+            3 * components + 2,
+            hidden=hidden,
+            activation=activation,
+            param_dtype=param_dtype,
+            rngs=rngs,
         )
         # The means start spread out: with equal means every component would
         # get the same gradient and the mixture would stay one logistic.
