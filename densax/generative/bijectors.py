@@ -11,7 +11,7 @@ one pass, in both directions (``forward``: base side to data side;
   functions of ``x_a`` (:func:`rational_quadratic_spline`).
 * :class:`LogisticMixtureCoupling` (Flow++): the logit of a logistic-mixture
   CDF of ``x_b`` whose components are functions of ``x_a``; smooth, closed
-  form towards the base, bisection towards the data.
+  form towards the base, safeguarded Newton towards the data.
 * :class:`LULinear`: ``y = x W^T`` with ``W = P L U`` (``P`` the reversal,
   ``L`` unit lower, ``U`` upper triangular): ``log |det W| = sum log |diag
   U|``, the inverse by two triangular solves.
