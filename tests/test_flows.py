@@ -327,6 +327,26 @@ def test_noise_regularisation_widens_the_fit_and_is_validated(base_run, data):
             train(jax.random.key(1), data, method="flow", num_steps=1, noise=bad)
 
 
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("transform", "glow"),
+        ("linear", "shuffle"),
+        ("base", "laplace"),
+        ("layers", 0),
+        ("knots", 1),
+        ("components", 0),
+    ],
+)
+def test_flow_options_are_checked_by_name(option, value):
+    # The options of train(method="flow") and the Flow module check alike.
+    with pytest.raises(ValueError, match=option):
+        flows.FlowOptions(**{option: value})
+    if option != "knots":  # Flow takes any knots >= 1 its spline accepts
+        with pytest.raises(ValueError, match=option):
+            flows.Flow(2, rngs=nnx.Rngs(0), **{option: value})
+
+
 @pytest.mark.parametrize("transform", ["spline", "logistic_mixture"])
 def test_flow_fitted_to_a_gaussian_recovers_its_log_density(data, transform):
     run = train(

@@ -12,14 +12,16 @@ images: a U-Net denoiser, a DCGAN generator and critic, selected by
 (pure GAN, WGAN and OT losses),
 :mod:`~densax.generative.gans` (the GAN-family methods and their options),
 :mod:`~densax.generative.diffusion` (DDPM: schedules, samplers, ELBO, ODE
-likelihood), :mod:`~densax.generative.flows` (normalizing flows: bijectors, a
-density model trained by maximum likelihood; ``density(result)``),
+likelihood), :mod:`~densax.generative.flows` (normalizing flows: a density
+model trained by maximum likelihood; ``density(result)``),
+:mod:`~densax.generative.bijectors` (the flows' couplings and linear maps),
 :mod:`~densax.generative.training` (the shared training loop),
 :mod:`~densax.generative.checkpoint` (msgpack checkpoints) and
 :mod:`~densax.generative.method` (the interface a new method implements).
 """
 
 from densax.generative import (
+    bijectors,
     checkpoint,
     diffusion,
     flows,
@@ -76,6 +78,7 @@ __all__ = [
     "UNet",
     "WGANClipOptions",
     "WGANGPOptions",
+    "bijectors",
     "checkpoint",
     "density",
     "diffusion",
